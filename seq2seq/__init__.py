@@ -1,0 +1,1 @@
+"""A Luong-attention GRU sequence-to-sequence chatbot trained on the Cornell Movie-Dialogs Corpus."""

@@ -1,0 +1,224 @@
+"""Getting the corpus onto disk and turning it into `data/`: download, verify, extract, cut pairs.
+
+Each step is skipped when its result is already there (unless forced), and each result is
+written under a temporary name and renamed into place, so an interrupted run never leaves a
+half-written file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import time
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from .cornell import SPLITS, CorpusError, PairSettings, find_corpus, make_pairs, read_corpus, write_pairs
+from .files import write_text_atomic
+
+CORPUS_URL = "https://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip"
+ZIP_NAME = "cornell_movie_dialogs_corpus.zip"
+RAW_DIR = "raw"
+CORNELL_MEMBERS = ("movie_lines.txt", "movie_conversations.txt")
+CONVOKIT_MEMBERS = ("utterances.jsonl",)
+RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class DataError(Exception):
+    """A problem the user can fix; the message is one line saying what happened and what to do."""
+
+
+def fetch(url: str, dest: Path, retries: int = 5, backoff: float = 1.0, timeout: float = 30.0) -> None:
+    """Download `url` to `dest`, resuming a partial `dest.part` with an HTTP Range request.
+
+    A dropped connection or a server error is retried with exponential back-off, each retry
+    continuing from the bytes already on disk. The file appears under its final name only once
+    the server says the transfer is complete.
+    """
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+                if response.status_code == 416:  # nothing left to send: the part is whole
+                    break
+                if response.status_code >= 500:
+                    raise requests.ConnectionError(f"server error {response.status_code}")
+                if response.status_code not in (200, 206):
+                    raise DataError(f"{url} answered HTTP {response.status_code}: check the address (--url)")
+                if response.status_code == 200:
+                    have = 0  # the server ignored the Range header: start over
+                length = response.headers.get("Content-Length")
+                total = have + int(length) if length else None
+                with (
+                    open(part, "ab" if have else "wb") as f,
+                    tqdm(
+                        total=total,
+                        initial=have,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        desc=f"downloading {dest.name}",
+                    ) as bar,
+                ):
+                    for chunk in response.iter_content(chunk_size=1 << 16):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+                if total is not None and part.stat().st_size < total:
+                    raise requests.exceptions.ChunkedEncodingError("transfer ended early")
+            break
+        except RETRYABLE as error:
+            if attempt == retries:
+                raise DataError(
+                    f"could not download {url} ({type(error).__name__}); check your connection, "
+                    "or fetch the zip another way and pass --source PATH"
+                ) from None
+            wait = backoff * 2**attempt
+            print(f"download interrupted ({error}); retrying in {wait:.0f}s", flush=True)
+            time.sleep(wait)
+    part.replace(dest)
+
+
+def _corpus_members(archive: zipfile.ZipFile) -> dict[str, str]:
+    """Map each needed file name to its member path in the zip (skipping macOS metadata)."""
+    found = {}
+    for name in archive.namelist():
+        if name.startswith("__MACOSX/") or name.endswith("/"):
+            continue
+        base = name.rsplit("/", 1)[-1]
+        if base in CORNELL_MEMBERS + CONVOKIT_MEMBERS:
+            found.setdefault(base, name)
+    if all(m in found for m in CORNELL_MEMBERS):
+        return {m: found[m] for m in CORNELL_MEMBERS}
+    if all(m in found for m in CONVOKIT_MEMBERS):
+        return {m: found[m] for m in CONVOKIT_MEMBERS}
+    raise DataError("the zip holds no Cornell corpus (no movie_lines.txt/movie_conversations.txt)")
+
+
+def verify_zip(path: Path) -> dict[str, str]:
+    """Check that `path` is an intact zip holding the corpus; return its corpus members."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = _corpus_members(archive)
+            broken = archive.testzip()  # reads every member and checks its CRC
+            if broken is not None:
+                raise zipfile.BadZipFile(f"member {broken!r} is damaged")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, DataError) as error:
+        raise DataError(f"{path} is not a valid corpus zip ({error}); delete it and try again") from None
+    return members
+
+
+def extract(zip_path: Path, dest: Path) -> None:
+    """Extract the corpus files of a verified zip into `dest`, flat; `dest` appears only when whole."""
+    members = verify_zip(zip_path)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(zip_path) as archive:
+        for base, member in members.items():
+            with archive.open(member) as src, open(tmp / base, "wb") as out:
+                shutil.copyfileobj(src, out)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+
+
+def locate_corpus(data_dir: Path, source: str | None, url: str, force: bool) -> Path:
+    """Return a folder holding the raw corpus, downloading or extracting only what is missing."""
+    if source is not None:
+        source_path = Path(source).expanduser()
+        if source_path.is_dir():
+            try:
+                return find_corpus(source_path)[1]
+            except CorpusError as error:
+                raise DataError(str(error)) from None
+        if not source_path.is_file():
+            raise DataError(f"--source {source} does not exist: give the corpus zip or its extracted folder")
+        zip_path = source_path
+    else:
+        zip_path = data_dir / ZIP_NAME
+        if force or not zip_path.exists():
+            fetch(url, zip_path)
+    raw = data_dir / RAW_DIR
+    if force or not raw.is_dir():
+        extract(zip_path, raw)
+    return raw
+
+
+def prepare_data(
+    data_dir: str | Path,
+    settings: PairSettings,
+    source: str | None = None,
+    url: str = CORPUS_URL,
+    force: bool = False,
+) -> dict:
+    """Build `data_dir`/{train,val,test}.txt and stats.json; return the statistics.
+
+    stats.json is written last and marks a finished build: when it exists the build is skipped
+    (unless `force`) and its statistics are returned.
+    """
+    data_dir = Path(data_dir)
+    stats_path = data_dir / "stats.json"
+    try:
+        previous = _read_stats(stats_path)
+        if previous and previous.get("settings") == vars(settings) and not force:
+            return previous | {"skipped_build": True}
+        corpus = locate_corpus(data_dir, source, url, force)
+        start = time.perf_counter()
+        conversations, skipped = read_corpus(corpus)
+        if not conversations:
+            raise DataError(f"no conversations could be read from {corpus}")
+        paired = make_pairs(conversations, settings)
+        for split in SPLITS:
+            write_pairs(data_dir / f"{split}.txt", paired.splits[split])
+        stats = {
+            "source": str(source if source is not None else url),
+            "corpus": str(corpus),
+            "settings": vars(settings),
+            "utterances": sum(len(c) for c in conversations),
+            **paired.stats,
+            "skipped": dict(sorted(Counter(skipped).items())),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        write_text_atomic(stats_path, json.dumps(stats, indent=2) + "\n")
+    except CorpusError as error:
+        raise DataError(str(error)) from None
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise DataError(f"disk full while writing {data_dir}: free some space and run again") from None
+        raise DataError(f"cannot write {data_dir}: {error.strerror or error}") from None
+    return stats
+
+
+def _read_stats(path: Path) -> dict | None:
+    """The statistics of a finished build, or None if there is none (or it is unreadable)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def format_stats(stats: dict) -> str:
+    """A short human summary of stats.json."""
+    pairs, vocab = stats["pairs"], stats["vocabulary"]
+    lines = [
+        f"utterances {stats['utterances']:,} in {stats['conversations']:,} conversations",
+        f"pairs: {pairs['raw']:,} raw -> {pairs['after_length_filter']:,} after length filter"
+        f" -> {pairs['after_trimming']:,} after trimming ({stats['settings']['rare_words']})",
+        "splits: "
+        + ", ".join(
+            f"{s} {v['pairs']:,} pairs / {v['conversations']:,} conv." for s, v in stats["splits"].items()
+        ),
+        f"vocabulary: {vocab['kept_words']:,} words seen >= {stats['settings']['min_count']} times"
+        f" of {vocab['train_words']:,} in train",
+    ]
+    if stats["skipped"]:
+        lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in stats["skipped"].items()))
+    return "\n".join(lines)

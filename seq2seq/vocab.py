@@ -1,0 +1,139 @@
+"""Special tokens, text normalisation and the word vocabulary.
+
+This module is the single home of three facts every other part relies on: the special token ids,
+how raw text becomes a token sequence, and how words map to ids.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+
+PAD, SOS, EOS, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>", "<unk>")
+
+# Normalisation, applied identically to the corpus, to chat input and to evaluation data:
+#   1. Unicode NFD, combining marks removed (accents stripped: "café" -> "cafe"), lower case;
+#   2. sentence punctuation . ! ? becomes a token of its own;
+#   3. every other character except a-z and the apostrophe becomes a space (digits, symbols,
+#      other scripts, control characters);
+#   4. an apostrophe is kept only inside a word ("don't", "i'm"), not at its edges ('cause);
+#   5. whitespace is collapsed.
+# The tutorial drops the apostrophe and splits "don't" into "don t"; we keep the word whole.
+_ASCII_TABLE = {c: " " for c in range(128)}
+_ASCII_TABLE.update({ord(c): c for c in "abcdefghijklmnopqrstuvwxyz'"})
+_ASCII_TABLE.update({ord(c): f" {c} " for c in ".!?"})
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_EDGE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+
+
+def normalize(text: str) -> str:
+    """Return `text` normalised to space-separated tokens (see the rules above)."""
+    text = text.lower()
+    if not text.isascii():
+        text = unicodedata.normalize("NFD", text.replace("\u2019", "'"))
+        text = "".join(c for c in text if not unicodedata.combining(c))
+        text = _NON_ASCII.sub(" ", text)
+    text = text.translate(_ASCII_TABLE)
+    if "'" in text:
+        text = _EDGE_APOSTROPHE.sub(" ", text)
+    return " ".join(text.split())
+
+
+def tokenize(text: str) -> list[str]:
+    """Normalise `text` and split it into tokens."""
+    return normalize(text).split()
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    """Join tokens for display: punctuation attaches to the word before it ("i'm fine.")."""
+    out = ""
+    for token in tokens:
+        if out and token not in ".!?":
+            out += " "
+        out += token
+    return out
+
+
+def count_words(sentences: Iterable[str]) -> Counter[str]:
+    """Word counts over normalised sentences."""
+    counts: Counter[str] = Counter()
+    for sentence in sentences:
+        counts.update(sentence.split())
+    return counts
+
+
+class Vocabulary:
+    """Word <-> id mapping with counts. Ids 0-3 are always the special tokens."""
+
+    def __init__(self, words: Iterable[str] = (), counts: dict[str, int] | None = None):
+        self.index_to_word: list[str] = list(SPECIAL_TOKENS)
+        self.word_to_index: dict[str, int] = {w: i for i, w in enumerate(SPECIAL_TOKENS)}
+        self.counts: Counter[str] = Counter()
+        for word in words:
+            self._add(word)
+        if counts:
+            self.counts.update({w: c for w, c in counts.items() if w in self.word_to_index})
+
+    def _add(self, word: str) -> None:
+        if word not in self.word_to_index:
+            self.word_to_index[word] = len(self.index_to_word)
+            self.index_to_word.append(word)
+
+    @classmethod
+    def build(cls, sentences: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """Count the words of normalised `sentences` and keep those seen at least `min_count` times."""
+        return cls.from_counts(count_words(sentences), min_count)
+
+    @classmethod
+    def from_counts(cls, counts: Counter[str], min_count: int = 1) -> Vocabulary:
+        """Keep the words counted at least `min_count` times.
+
+        Words are ordered by falling count, then alphabetically, so the same data always gives the
+        same ids whatever order it was read in.
+        """
+        kept = sorted(
+            (w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS),
+            key=lambda w: (-counts[w], w),
+        )
+        return cls(kept, counts)
+
+    def __len__(self) -> int:
+        return len(self.index_to_word)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.word_to_index
+
+    def encode(self, sentence: str) -> list[int]:
+        """Ids of the tokens of a normalised sentence; words not in the vocabulary become UNK."""
+        lookup = self.word_to_index.get
+        return [lookup(w, UNK) for w in sentence.split()]
+
+    def unknown_words(self, sentence: str) -> list[str]:
+        """The tokens of a normalised sentence that `encode` would map to UNK."""
+        return [w for w in sentence.split() if w not in self.word_to_index]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens for `ids`, stopping at the first EOS and skipping PAD and SOS."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == EOS:
+                break
+            if i not in (PAD, SOS):
+                words.append(self.index_to_word[i])
+        return words
+
+    def to_dict(self) -> dict:
+        """A plain dict of lists, ints and strings: safe for `torch.load(weights_only=True)`."""
+        words = self.index_to_word[len(SPECIAL_TOKENS) :]
+        return {"words": words, "counts": [self.counts.get(w, 0) for w in words]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocabulary:
+        words, counts = data["words"], data["counts"]
+        if len(words) != len(counts) or len(set(words)) != len(words):
+            raise ValueError("vocabulary data is inconsistent (duplicate words or missing counts)")
+        return cls(words, dict(zip(words, counts)))

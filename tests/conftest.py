@@ -1,0 +1,110 @@
+"""Shared fixtures: a small synthetic corpus written in the official Cornell format."""
+
+from __future__ import annotations
+
+import json
+import random
+import zipfile
+from pathlib import Path
+
+import pytest
+
+SEP = b" +++$+++ "
+WORDS = "hello how are you i am fine what is your name my is bob where do live in town".split()
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(1, 6))]
+    return " ".join(words).capitalize() + rng.choice([".", "?", "!"])
+
+
+def write_corpus(folder: Path, n_conversations: int = 40, seed: int = 0) -> dict:
+    """Write movie_lines.txt / movie_conversations.txt with a few deliberate defects.
+
+    Defects: an ISO-8859-1 accented line, a Windows-1252 dash, an undecodable byte (0x81), an
+    empty utterance, a conversation naming a missing line id and a malformed conversation row.
+    Returns the expected facts the tests check against.
+    """
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines: list[bytes] = []
+    conversations: list[bytes] = []
+    next_id = 1
+    for _ in range(n_conversations):
+        ids = []
+        for _ in range(rng.randint(2, 5)):
+            text = _sentence(rng).encode("latin-1")
+            lines.append(SEP.join([f"L{next_id}".encode(), b"u0", b"m0", b"BOB", text]))
+            ids.append(f"L{next_id}")
+            next_id += 1
+        conversations.append(SEP.join([b"u0", b"u1", b"m0", repr(ids).encode()]))
+
+    special = {
+        "accent": ("Caf\xe9 cr\xe8me, s'il vous pla\xeet.", "cafe creme s'il vous plait ."),
+        "dash": ("Wait\x97 what?", "wait what ?"),
+        "reply": ("I don't know.", "i don't know ."),
+    }
+    extra_ids = []
+    for text, _ in special.values():
+        lines.append(SEP.join([f"L{next_id}".encode(), b"u1", b"m0", b"ANN", text.encode("latin-1")]))
+        extra_ids.append(f"L{next_id}")
+        next_id += 1
+    # accent -> dash -> reply: two clean pairs
+    conversations.append(SEP.join([b"u0", b"u1", b"m0", repr(extra_ids).encode()]))
+    # an undecodable line and an empty one, in a conversation with a missing id
+    lines.append(SEP.join([f"L{next_id}".encode(), b"u1", b"m0", b"ANN", b"bad \x81 byte"]))
+    lines.append(SEP.join([f"L{next_id + 1}".encode(), b"u1", b"m0", b"ANN", b"   "]))
+    broken = [f"L{next_id}", f"L{next_id + 1}", "L999999", extra_ids[2]]
+    conversations.append(SEP.join([b"u0", b"u1", b"m0", repr(broken).encode()]))
+    conversations.append(SEP.join([b"u0", b"u1", b"m0", b"['L1', __import__('os')]"]))
+
+    (folder / "movie_lines.txt").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "movie_conversations.txt").write_bytes(b"\n".join(conversations) + b"\n")
+    return {
+        "conversations": n_conversations + 2,
+        "special": special,
+        "skipped": {
+            "undecodable_line": 1,
+            "empty_utterance": 1,
+            "missing_line_id": 2,  # L999999 and the undecodable line's id
+            "malformed_conversation": 1,
+        },
+    }
+
+
+def write_convokit(cornell_folder: Path, folder: Path) -> None:
+    """Write the same corpus in ConvoKit's utterances.jsonl layout (clean lines only)."""
+    texts = {}
+    for raw in (cornell_folder / "movie_lines.txt").read_bytes().splitlines():
+        fields = raw.split(SEP)
+        try:
+            texts[fields[0].decode()] = fields[4].decode("cp1252")
+        except UnicodeDecodeError:
+            pass
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for raw in (cornell_folder / "movie_conversations.txt").read_bytes().splitlines():
+        text = raw.split(SEP)[3].decode()
+        if "import" in text or "L999999" in text:  # the malformed and the broken conversation
+            continue
+        ids = [i.strip(" '") for i in text.strip("[]").split(",")]
+        for i in reversed(ids):  # file order need not be spoken order
+            if i in texts:
+                out.append(
+                    json.dumps({"id": i, "conversation_id": ids[0], "text": texts[i], "speaker": "u0"})
+                )
+    (folder / "utterances.jsonl").write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def make_zip(folder: Path, zip_path: Path, inner: str = "cornell movie-dialogs corpus") -> Path:
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("movie_lines.txt", "movie_conversations.txt"):
+            archive.write(folder / name, f"{inner}/{name}")
+        archive.writestr(f"__MACOSX/{inner}/._movie_lines.txt", b"junk")
+    return zip_path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> tuple[Path, dict]:
+    folder = tmp_path / "corpus"
+    return folder, write_corpus(folder)

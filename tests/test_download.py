@@ -1,0 +1,184 @@
+"""The download path against a real HTTP server on 127.0.0.1 serving a zip the test made."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from seq2seq import download
+from seq2seq.cornell import PairSettings
+from seq2seq.download import DataError, prepare_data
+from tests.conftest import make_zip
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CorpusServer(ThreadingHTTPServer):
+    """Serves `payload` at any path, honouring Range; can cut the first transfer short."""
+
+    def __init__(self, payload: bytes, cut_first_after: int | None = None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.payload = payload
+        self.cut_first_after = cut_first_after
+        self.ranges: list[str | None] = []
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/corpus.zip"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server: CorpusServer = self.server
+        header = self.headers.get("Range")
+        server.ranges.append(header)
+        start = int(header.split("=")[1].rstrip("-")) if header else 0
+        body = server.payload[start:]
+        self.send_response(206 if header else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if header:
+            self.send_header(
+                "Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}"
+            )
+        self.end_headers()
+        if server.cut_first_after is not None:
+            body, server.cut_first_after = body[: server.cut_first_after], None
+            self.wfile.write(body)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # the peer sees a transfer cut mid-way
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def corpus_zip(corpus, tmp_path):
+    """The corpus zip, padded with 1 MB of incompressible bytes so a transfer spans many chunks."""
+    import random
+    import zipfile
+
+    folder, _ = corpus
+    path = make_zip(folder, tmp_path / "corpus.zip")
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("cornell movie-dialogs corpus/padding.bin", random.Random(0).randbytes(1 << 20))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(download.time, "sleep", lambda seconds: None)
+
+
+SETTINGS = PairSettings(min_count=1, val_fraction=0.1, test_fraction=0.1)
+
+
+def data_files(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.glob("*.txt")) + sorted(p.name for p in data_dir.glob("*.json"))
+
+
+def test_normal_download_builds_data(corpus_zip, tmp_path):
+    server = CorpusServer(corpus_zip.read_bytes())
+    stats = prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json"]
+    assert (tmp_path / "data" / download.ZIP_NAME).read_bytes() == corpus_zip.read_bytes()
+    assert stats["skipped"]["missing_line_id"] == 2
+    assert json.loads((tmp_path / "data" / "stats.json").read_text())["pairs"] == stats["pairs"]
+    server.shutdown()
+
+
+def test_cut_transfer_resumes_with_range(corpus_zip, tmp_path):
+    payload = corpus_zip.read_bytes()
+    server = CorpusServer(payload, cut_first_after=len(payload) // 2)
+    prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert server.ranges[0] is None
+    resumed_at = int(server.ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= len(payload) // 2  # continued from the bytes already on disk
+    assert (tmp_path / "data" / download.ZIP_NAME).read_bytes() == payload
+    server.shutdown()
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(corpus_zip, tmp_path):
+    payload = corpus_zip.read_bytes()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / (download.ZIP_NAME + ".part")).write_bytes(payload[:100])
+    server = CorpusServer(payload)
+    prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert server.ranges == ["bytes=100-"]
+    server.shutdown()
+
+
+def test_corrupt_zip_is_rejected_and_nothing_written(corpus_zip, tmp_path):
+    payload = bytearray(corpus_zip.read_bytes())
+    payload[len(payload) // 3] ^= 0xFF  # flip a byte inside the compressed data
+    server = CorpusServer(bytes(payload))
+    with pytest.raises(DataError, match="not a valid corpus zip"):
+        prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert data_files(tmp_path / "data") == []
+    assert not (tmp_path / "data" / "raw").exists()
+    server.shutdown()
+
+
+def test_zip_without_corpus_is_rejected(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(DataError, match="holds no Cornell corpus"):
+        prepare_data(tmp_path / "data", SETTINGS, source=str(tmp_path / "other.zip"))
+
+
+def test_unreachable_address_is_one_clear_error(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DataError, match="could not download .*--source"):
+        prepare_data(tmp_path / "data", SETTINGS, url=f"http://127.0.0.1:{port}/corpus.zip")
+    assert data_files(tmp_path / "data") == []
+
+
+def test_http_error_is_not_retried(corpus_zip, tmp_path):
+    server = CorpusServer(b"")
+    server.RequestHandlerClass = type("NotFound", (_Handler,), {"do_GET": lambda self: self.send_error(404)})
+    with pytest.raises(DataError, match="HTTP 404"):
+        prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    server.shutdown()
+
+
+def test_finished_steps_are_skipped_unless_forced(corpus, tmp_path):
+    folder, _ = corpus
+    first = prepare_data(tmp_path / "data", SETTINGS, source=str(folder))
+    assert "skipped_build" not in first
+    assert prepare_data(tmp_path / "data", SETTINGS, source=str(folder))["skipped_build"]
+    assert "skipped_build" not in prepare_data(tmp_path / "data", SETTINGS, source=str(folder), force=True)
+    changed = PairSettings(max_length=4, min_count=1, val_fraction=0.1, test_fraction=0.1)
+    assert "skipped_build" not in prepare_data(tmp_path / "data", changed, source=str(folder))
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "download_data.py"), *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_script_with_source_zip_prints_summary(corpus_zip, tmp_path):
+    result = run_script("--source", str(corpus_zip), "--min_count=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "after length filter" in result.stdout and "missing_line_id 2" in result.stdout
+    assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json"]
+
+
+def test_script_errors_are_one_line(tmp_path):
+    result = run_script("--source", str(tmp_path / "nowhere.zip"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert not (tmp_path / "data").exists() or data_files(tmp_path / "data") == []
+    result = run_script("--rare-words", "maybe", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
