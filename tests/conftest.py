@@ -8,6 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from a second thread, and OpenMP threads fighting over two cores can
+# slow a suite (or a training run beside it) many times over.
+torch.set_num_threads(1)
 
 SEP = b" +++$+++ "
 WORDS = "hello how are you i am fine what is your name my is bob where do live in town".split()
@@ -108,3 +113,38 @@ def make_zip(folder: Path, zip_path: Path, inner: str = "cornell movie-dialogs c
 def corpus(tmp_path: Path) -> tuple[Path, dict]:
     folder = tmp_path / "corpus"
     return folder, write_corpus(folder)
+
+
+PAIRS = [
+    ("hello .", "hi there ."),
+    ("how are you ?", "i'm fine ."),
+    ("what is your name ?", "my name is bob ."),
+    ("where do you live ?", "in town ."),
+    ("do you like cats ?", "yes i do ."),
+    ("are you ok ?", "i am ok ."),
+    ("good night .", "sleep well ."),
+    ("what time is it ?", "it is late ."),
+    ("who are you ?", "a bot ."),
+    ("thank you .", "you're welcome ."),
+    ("see you later .", "bye ."),
+    ("is it raining ?", "no it is sunny ."),
+    ("are you hungry ?", "not at all ."),
+    ("can you help me ?", "of course ."),
+    ("what do you want ?", "nothing ."),
+    ("where is bob ?", "at home ."),
+    ("do you know me ?", "i know you ."),
+    ("is that true ?", "it is true ."),
+    ("how old are you ?", "very old ."),
+    ("why ?", "because ."),
+]
+
+
+@pytest.fixture
+def pair_dir(tmp_path: Path) -> Path:
+    """A data/ folder holding the 20 pairs above as train.txt and as val.txt."""
+    from seq2seq.cornell import write_pairs
+
+    folder = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        write_pairs(folder / f"{split}.txt", PAIRS)
+    return folder

@@ -1,0 +1,74 @@
+"""Turning pairs of normalised sentences into padded id tensors, and the order batches come in."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .cornell import Pair
+from .vocab import EOS, PAD, Vocabulary
+
+Example = tuple[list[int], list[int]]
+
+
+class Batch(NamedTuple):
+    src: Tensor  # (B, S) query ids ending in EOS, PAD after
+    lengths: Tensor  # (B,) on the CPU, as pack_padded_sequence wants
+    tgt: Tensor  # (B, T) reply ids ending in EOS, PAD after
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.src.to(device), self.lengths, self.tgt.to(device))
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.tgt != PAD).sum())
+
+
+def encode_pairs(pairs: list[Pair], vocab: Vocabulary, max_length: int | None = None) -> list[Example]:
+    """Ids of both sides with EOS appended; with `max_length`, longer pairs are left out."""
+    examples = [(vocab.encode(q) + [EOS], vocab.encode(a) + [EOS]) for q, a in pairs]
+    if max_length is not None:
+        examples = [e for e in examples if len(e[0]) <= max_length and len(e[1]) <= max_length]
+    return examples
+
+
+def pad(sequences: list[list[int]]) -> Tensor:
+    out = torch.full((len(sequences), max(map(len, sequences))), PAD, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+def collate(examples: list[Example]) -> Batch:
+    sources, targets = zip(*examples)
+    return Batch(pad(sources), torch.tensor([len(s) for s in sources]), pad(targets))
+
+
+def iterate_batches(examples: list[Example], batch_size: int) -> list[Batch]:
+    """All examples in file order, in batches (the last may be smaller): for evaluation."""
+    return [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+
+
+class BatchSchedule:
+    """Which examples form training batch number `i`: a pure function of (seed, i).
+
+    Each epoch is a fresh seeded permutation cut into full batches, so any iteration's batch can
+    be found again after a resume without saving sampler state.
+    """
+
+    def __init__(self, n_examples: int, batch_size: int, seed: int):
+        if n_examples < batch_size:
+            raise ValueError(f"{n_examples} training pairs are fewer than one batch of {batch_size}")
+        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
+        self.batches_per_epoch = n_examples // batch_size
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, iteration: int) -> list[int]:
+        epoch, position = divmod(iteration, self.batches_per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.n_examples, generator=generator)
+        start = position * self.batch_size
+        return self._order[start : start + self.batch_size].tolist()

@@ -1,0 +1,324 @@
+"""The training loop: optimisation step, validation, checkpoints, early stopping, the loss plot.
+
+train.py parses flags and builds the pieces; everything that happens per iteration lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .batching import Batch, BatchSchedule, Example, collate
+from .checkpoint import save_checkpoint
+from .model import Seq2Seq, sequence_loss
+from .vocab import Vocabulary
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss diverged); the message is one line for the user."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; a named device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is available (try --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError("--device mps: Apple's MPS backend is not available (try --device cpu)")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainingError("--precision fp16 needs CUDA; on the CPU use --precision bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a precision: bf16 on CPU or CUDA, fp16 on CUDA, none for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_optimizer(model: Seq2Seq, name: str, lr: float, decoder_ratio: float) -> torch.optim.Optimizer:
+    """One optimizer, two groups: encoder and the shared embedding at `lr`, decoder at lr × ratio.
+
+    (The tutorial gives the shared embedding to both of its optimizers, so it is stepped twice
+    per iteration; here it belongs to the encoder group only.)
+    """
+    encoder = list(model.encoder.parameters())  # holds the shared embedding
+    embedding = {id(p) for p in model.embedding.parameters()}
+    decoder = [p for p in model.decoder.parameters() if id(p) not in embedding]
+    groups = [{"params": encoder, "lr": lr}, {"params": decoder, "lr": lr * decoder_ratio}]
+    if name == "adam":
+        device = next(model.parameters()).device
+        return torch.optim.Adam(groups, lr=lr, fused=device.type in ("cpu", "cuda"))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
+
+
+class TrainStep:
+    """One optimisation step: forward (teacher-forced fast path or free-running), loss, backward,
+    gradient clipping over all parameters, update. fp16 goes through a gradient scaler."""
+
+    def __init__(
+        self,
+        model: Seq2Seq,
+        optimizer: torch.optim.Optimizer,
+        clip: float,
+        precision: str = "fp32",
+        label_smoothing: float = 0.0,
+    ):
+        self.model, self.optimizer, self.clip = model, optimizer, clip
+        self.device = next(model.parameters()).device
+        self.precision, self.label_smoothing = precision, label_smoothing
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+
+    def __call__(self, batch: Batch, teacher_forcing: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the batch's loss (mean per target token) and the gradient norm before clipping."""
+        batch = batch.to(self.device)
+        with autocast(self.device, self.precision):
+            logits = self.model(batch.src, batch.lengths, batch.tgt, teacher_forcing=teacher_forcing)
+        loss = sequence_loss(logits, batch.tgt, self.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()}; lower --learning-rate or --clip, or use fp32"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), grad_norm.detach()
+
+
+@torch.no_grad()
+def evaluate_loss(model: Seq2Seq, batches: list[Batch], precision: str = "fp32") -> float:
+    """Teacher-forced loss per target token over all `batches` (each token weighs the same)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast(device, precision):
+            logits = model(batch.src, batch.lengths, batch.tgt)
+        n = batch.n_tokens
+        total += sequence_loss(logits, batch.tgt).item() * n
+        tokens += n
+    model.train(was_training)
+    return total / tokens
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+@dataclass
+class LoopSettings:
+    iterations: int
+    batch_size: int
+    teacher_forcing_ratio: float = 1.0
+    eval_every: int = 250
+    save_every: int = 500
+    patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
+    seed: int = 0
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides weights: where it was and what it measured."""
+
+    iteration: int = 0
+    best_val_loss: float = math.inf
+    best_iteration: int = 0
+    evals_without_improvement: int = 0
+    history: dict = field(default_factory=lambda: {"train": [], "val": []})
+
+
+class Trainer:
+    """Runs a TrainStep over a BatchSchedule, validating and checkpointing as it goes."""
+
+    def __init__(
+        self,
+        step: TrainStep,
+        vocab: Vocabulary,
+        train_examples: list[Example],
+        val_batches: list[Batch],
+        loop: LoopSettings,
+        save_dir: str | Path,
+        args: dict,
+        state: TrainState | None = None,
+    ):
+        self.step, self.vocab, self.examples, self.val_batches = step, vocab, train_examples, val_batches
+        self.loop, self.save_dir, self.args = loop, Path(save_dir), args
+        self.state = state or TrainState()
+        self.schedule = BatchSchedule(len(train_examples), loop.batch_size, loop.seed)
+        self._stop_requested = False
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def payload(self) -> dict:
+        model = self.step.model
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        s = self.state
+        return {
+            "model_config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "vocab": self.vocab.to_dict(),
+            "optimizer": self.step.optimizer.state_dict(),
+            "scaler": self.step.scaler.state_dict() if self.step.scaler.is_enabled() else None,
+            "args": self.args,
+            "iteration": s.iteration,
+            "best_val_loss": s.best_val_loss,
+            "best_iteration": s.best_iteration,
+            "evals_without_improvement": s.evals_without_improvement,
+            "history": s.history,
+            "rng": rng,
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.save_dir / name
+        save_checkpoint(path, self.payload())
+        return path
+
+    @staticmethod
+    def restore(checkpoint: dict, step: TrainStep) -> TrainState:
+        """Load optimizer, scaler and RNG states from a checkpoint whose weights the model holds.
+
+        The optimizer state is loaded after the model is on its device, so it lands there too.
+        """
+        step.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler") and step.scaler.is_enabled():
+            step.scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        return TrainState(
+            iteration=checkpoint["iteration"],
+            best_val_loss=checkpoint["best_val_loss"],
+            best_iteration=checkpoint["best_iteration"],
+            evals_without_improvement=checkpoint["evals_without_improvement"],
+            history=checkpoint["history"],
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def validate(self) -> float:
+        """Validation loss; a new best is saved to best_model.pth at once."""
+        s = self.state
+        loss = evaluate_loss(self.step.model, self.val_batches, self.step.precision)
+        s.history["val"].append([s.iteration, loss])
+        if loss < s.best_val_loss:
+            s.best_val_loss, s.best_iteration, s.evals_without_improvement = loss, s.iteration, 0
+            self.save("best_model.pth")
+        else:
+            s.evals_without_improvement += 1
+        return loss
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:  # a second Ctrl-C stops at once, without saving
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def run(self) -> str:
+        """Train up to `loop.iterations`; return why it stopped: done, early stop or interrupt."""
+        loop, s = self.loop, self.state
+        reason = "done"
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True)
+        window = [0.0, 0, 0, time.perf_counter()]  # loss sum, iterations, tokens, start time
+        try:
+            while s.iteration < loop.iterations:
+                batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
+                teacher_forcing = bool(torch.rand(()) < loop.teacher_forcing_ratio)
+                loss, _ = self.step(batch, teacher_forcing)
+                s.iteration += 1
+                s.history["train"].append([s.iteration, loss.item()])
+                window[0] += s.history["train"][-1][1]
+                window[1] += 1
+                window[2] += batch.n_tokens
+                bar.update(1)
+                if window[1] == 10 or s.iteration == loop.iterations:
+                    bar.set_postfix(
+                        loss=f"{window[0] / window[1]:.3f}",
+                        tok_s=f"{window[2] / (time.perf_counter() - window[3]):,.0f}",
+                        best_val=f"{s.best_val_loss:.3f}" if s.best_val_loss < math.inf else "-",
+                    )
+                    window = [0.0, 0, 0, time.perf_counter()]
+                if s.iteration % loop.eval_every == 0 or s.iteration == loop.iterations:
+                    val = self.validate()
+                    bar.write(
+                        f"iteration {s.iteration}: train loss {self.recent_train_loss():.4f}, "
+                        f"val loss {val:.4f}, val perplexity {perplexity(val):.2f}"
+                    )
+                    if loop.patience and s.evals_without_improvement >= loop.patience:
+                        reason = "early stop"
+                        break
+                if s.iteration % loop.save_every == 0:
+                    self.save("last.pth")
+                if self._stop_requested:
+                    reason = "interrupted"
+                    break
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous_handler)
+        if not s.history["val"] or s.history["val"][-1][0] != s.iteration:
+            self.validate()  # a run always ends with a validated best_model.pth
+        self.save("last.pth")
+        return reason
+
+    def recent_train_loss(self) -> float:
+        recent = self.state.history["train"][-self.loop.eval_every :]
+        return sum(loss for _, loss in recent) / max(1, len(recent))
+
+
+def plot_losses(history: dict, path: str | Path, title: str = "") -> None:
+    """Train loss (averaged over windows) and validation loss against iterations, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_path
+
+    train, val = history["train"], history["val"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        window = max(1, len(train) // 100)
+        xs = [train[min(i + window, len(train)) - 1][0] for i in range(0, len(train), window)]
+        ys = [
+            sum(v for _, v in train[i : i + window]) / len(train[i : i + window])
+            for i in range(0, len(train), window)
+        ]
+        ax.plot(xs, ys, label=f"train (mean of {window} iterations)", color="tab:blue")
+    if val:
+        ax.plot([i for i, _ in val], [v for _, v in val], "o-", label="validation", color="tab:orange")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy per token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

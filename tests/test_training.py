@@ -1,0 +1,216 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from seq2seq.batching import BatchSchedule, collate, encode_pairs
+from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.training import TrainingError, TrainStep, evaluate_loss, make_optimizer
+from seq2seq.vocab import Vocabulary
+from tests.conftest import PAIRS
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--hidden-size", "16", "--encoder-layers", "2", "--decoder-layers", "2", "--batch-size", "4",
+        "--device", "cpu", "--eval-every", "3", "--save-every", "2"]  # fmt: skip
+
+
+def tiny_run(pair_dir: Path, save_dir: Path, *extra: str) -> None:
+    train.main([*TINY, "--data-dir", str(pair_dir), "--save-dir", str(save_dir), *extra])
+
+
+def test_overfits_twenty_pairs():
+    vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
+    batch = collate(encode_pairs(PAIRS, vocab))
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(len(vocab), 64, 1, 1, 0.0, "general"))
+    step = TrainStep(model, make_optimizer(model, "adam", 3e-3, 2.0), clip=5.0)
+    for _ in range(250):
+        loss, _ = step(batch, teacher_forcing=True)
+    assert loss.item() < 0.05
+    assert evaluate_loss(model, [batch]) < 0.05
+    replies = model.eval()(batch.src, batch.lengths, batch.tgt, teacher_forcing=False).argmax(-1)
+    assert torch.equal(replies[batch.tgt != 0], batch.tgt[batch.tgt != 0])  # free-running, word for word
+
+
+def test_batch_schedule_is_a_pure_function_of_the_iteration():
+    a, b = BatchSchedule(10, 3, seed=1), BatchSchedule(10, 3, seed=1)
+    first_epoch = [a.indices(i) for i in range(3)]
+    assert len({i for batch in first_epoch for i in batch}) == 9  # no repeats within an epoch
+    assert b.indices(4) == a.indices(4) and b.indices(1) == first_epoch[1]  # any order, same answer
+    assert a.indices(3) != a.indices(0)  # a new epoch, a new permutation
+
+
+def test_resume_continues_exactly(pair_dir, tmp_path):
+    flags = ["--dropout", "0.2", "--teacher-forcing-ratio", "0.5", "--seed", "3"]
+    tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--iterations", "5", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--resume", "--iterations", "9")
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    assert a["iteration"] == b["iteration"] == 9
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"]["train"] == b["history"]["train"]
+    assert set(map(tuple, a["history"]["val"])) <= set(map(tuple, b["history"]["val"]))  # + one at 5
+    assert b["args"]["dropout"] == 0.2  # saved flags carried over without repeating them
+
+
+def test_resume_refuses_a_different_architecture(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        tiny_run(pair_dir, tmp_path, "--resume", "--hidden-size", "32")
+    assert exit_info.value.code == 1
+    assert "architecture cannot change" in capsys.readouterr().err
+
+
+def test_checkpoints_round_trip_with_weights_only(pair_dir, tmp_path):
+    tiny_run(pair_dir, tmp_path, "--epochs", "2")
+    best = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    assert best["iteration"] == best["best_iteration"] and best["format"] == "chatbot-seq2seq/1"
+    last = load_checkpoint(tmp_path / "last.pth")
+    assert last["iteration"] == 10  # 2 epochs of 20 pairs in batches of 4
+    model, vocab = build_model(last)
+    batch = collate(encode_pairs(PAIRS, vocab))
+    assert evaluate_loss(model, [batch]) == pytest.approx(last["history"]["val"][-1][1], rel=1e-5)
+    # the optimizer state comes back on the parameters' device
+    optimizer = make_optimizer(model, "adam", 1e-4, 5.0)
+    optimizer.load_state_dict(last["optimizer"])
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert optimizer.state[p]["exp_avg"].device == p.device
+
+
+def test_bad_checkpoints_are_refused_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="train one"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"\x00not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pth")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match="not a chatbot-seq2seq checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pth")
+    torch.save({"format": "chatbot-seq2seq/1", "evil": Path("x")}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # weights_only refuses classes
+        load_checkpoint(tmp_path / "pickled.pth")
+
+
+def test_truncated_or_mismatched_checkpoint(pair_dir, tmp_path):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2")
+    data = (tmp_path / "last.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pth")
+    checkpoint = load_checkpoint(tmp_path / "last.pth")
+    checkpoint["vocab"]["words"].append("extra")
+    checkpoint["vocab"]["counts"].append(1)
+    with pytest.raises(CheckpointError, match="vocabulary has"):
+        build_model(checkpoint)
+    checkpoint = load_checkpoint(tmp_path / "last.pth")
+    checkpoint["model_config"]["hidden_size"] = 8
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        build_model(checkpoint)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "c.pth", {"model": {}})
+    before = (tmp_path / "c.pth").read_bytes()
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "c.pth", {"model": {}})
+    assert (tmp_path / "c.pth").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]
+
+
+def test_non_finite_loss_stops_before_the_update():
+    vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
+    model = Seq2Seq(ModelConfig(len(vocab), 8, 1, 1, 0.0, "dot"))
+    with torch.no_grad():
+        model.decoder.out.bias.fill_(float("nan"))
+    step = TrainStep(model, make_optimizer(model, "adam", 1e-3, 1.0), clip=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingError, match="loss became nan"):
+        step(collate(encode_pairs(PAIRS, vocab)), teacher_forcing=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) or torch.isnan(v).all()
+
+
+def test_flags_in_both_spellings():
+    parser = train.make_parser()
+    kebab = parser.parse_args(
+        ["--learning-rate", "0.0003", "--teacher-forcing-ratio", "0.5", "--attn-model", "concat"]
+    )
+    snake = parser.parse_args(
+        ["--learning_rate=0.0003", "--teacher_forcing_ratio=0.5", "--attn_model=concat"]
+    )
+    assert vars(kebab) == vars(snake)
+    assert snake.learning_rate == 0.0003 and snake.attn_model == "concat"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--learning-rate", "-1"], "expected a positive number"),
+        (["--dropout", "1"], "expected a number in [0, 1)"),
+        (["--batch_size=0"], "expected a positive integer"),
+        (["--teacher-forcing-ratio", "1.5"], "expected a number in [0, 1]"),
+        (["--optimizer", "rmsprop"], "invalid choice"),
+        (["--iterations", "5", "--epochs", "2"], "not allowed with"),
+    ],
+)
+def test_impossible_values_are_refused_in_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.make_parser().parse_args(flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.strip().count("\n") == 0
+
+
+def test_fp16_on_cpu_is_refused(pair_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tiny_run(pair_dir, tmp_path, "--precision", "fp16")
+    assert "fp16 needs CUDA" in capsys.readouterr().err
+
+
+def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
+    folder, _ = corpus
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "--iterations", "4", "--min-count", "1",
+         "--source", str(folder), "--val-fraction", "0.2", "--plot", "images/loss.png"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "train.txt").exists() and (tmp_path / "data" / "stats.json").exists()
+    assert {"best_model.pth", "last.pth"} <= {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert (tmp_path / "images" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "best validation loss" in result.stdout
+
+
+def test_ctrl_c_saves_last_checkpoint(pair_dir, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "--iterations", "100000", "--data-dir", str(pair_dir),
+         "--save-dir", str(tmp_path), "--save-every", "100000", "--eval-every", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not (tmp_path / "best_model.pth").exists() and time.time() < deadline:
+        time.sleep(0.2)  # best_model.pth cannot exist yet: wait for the loop by time instead
+        if time.time() > deadline - 55:
+            break
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-500:]
+    assert "interrupted at iteration" in stdout
+    last = load_checkpoint(tmp_path / "last.pth")
+    assert last["iteration"] > 0 and (tmp_path / "best_model.pth").exists()

@@ -1,0 +1,238 @@
+"""Train the seq2seq chatbot on data/train.txt, validating on data/val.txt.
+
+    python train.py                                     # the tutorial's recipe, 4,000 iterations
+    python train.py --precision bf16 --iterations 8000  # faster on CPUs with bf16 support
+    python train.py --resume --iterations 6000          # continue checkpoints/last.pth to 6,000
+
+Builds data/ first if it is missing (give --source for an offline copy of the corpus).
+Every flag is also accepted in snake case (--learning_rate=0.0003), as a W&B agent passes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seq2seq.batching import encode_pairs, iterate_batches
+from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint
+from seq2seq.cli import (
+    ArgumentParser,
+    add_data_arguments,
+    build_data,
+    dropout_rate,
+    fail,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
+from seq2seq.cornell import CorpusError, read_pairs
+from seq2seq.model import ATTENTION_SCORES, ModelConfig, Seq2Seq
+from seq2seq.training import (
+    OPTIMIZERS,
+    PRECISIONS,
+    LoopSettings,
+    Trainer,
+    TrainingError,
+    TrainStep,
+    check_precision,
+    make_optimizer,
+    perplexity,
+    plot_losses,
+    resolve_device,
+)
+from seq2seq.vocab import Vocabulary
+
+ARCHITECTURE = ("hidden_size", "encoder_layers", "decoder_layers", "attn_model")
+# flags about this machine and this invocation, never taken from a checkpoint being resumed
+MACHINE_FLAGS = ("resume", "device", "num_threads", "compile", "save_dir", "plot", "source", "url")
+
+
+def make_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--iterations", type=positive_int, default=4000, help="total training iterations")
+    length.add_argument(
+        "--epochs", type=positive_int, help="total passes over train.txt (instead of --iterations)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64, help="pairs per iteration")
+    p.add_argument(
+        "--learning-rate", type=positive_float, default=1e-4, help="encoder and embedding learning rate"
+    )
+    p.add_argument(
+        "--decoder-learning-ratio", type=positive_float, default=5.0, help="decoder rate = ratio × rate"
+    )
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer")
+    p.add_argument("--clip", type=positive_float, default=50.0, help="max gradient norm over all parameters")
+    p.add_argument(
+        "--teacher-forcing-ratio", type=probability, default=1.0, help="share of teacher-forced batches"
+    )
+    p.add_argument("--hidden-size", type=positive_int, default=500, help="embedding and GRU size")
+    p.add_argument("--encoder-layers", type=positive_int, default=2, help="bidirectional GRU layers")
+    p.add_argument("--decoder-layers", type=positive_int, default=2, help="decoder GRU layers")
+    p.add_argument(
+        "--dropout", type=dropout_rate, default=0.1, help="dropout between GRU layers, on decoder input"
+    )
+    p.add_argument("--attn-model", choices=ATTENTION_SCORES, default="dot", help="Luong attention score")
+    add_data_arguments(p)
+    p.add_argument("--save-dir", default="checkpoints", help="folder for last.pth and best_model.pth")
+    p.add_argument("--save-every", type=positive_int, default=500, help="write last.pth every N iterations")
+    p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N iterations")
+    p.add_argument(
+        "--patience",
+        type=non_negative_int,
+        default=0,
+        help="stop after N validations without improvement (0: never)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="continue a run from PATH (default: last.pth in --save-dir)",
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, batches and dropout")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16 autocast (CPU, CUDA) or fp16 with gradient scaling (CUDA)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--num-threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument(
+        "--plot",
+        nargs="?",
+        const="images/training_loss.png",
+        metavar="PATH",
+        help="draw train and validation loss to PATH (default images/training_loss.png)",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
+    """Flags, and the checkpoint to resume from. On resume the saved flags are the defaults, so
+    only flags given now change; the architecture cannot change."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return args, None
+    path = Path(args.resume or Path(args.save_dir) / "last.pth")
+    checkpoint = load_checkpoint(path)
+    parser.set_defaults(**{k: v for k, v in checkpoint["args"].items() if k not in MACHINE_FLAGS})
+    args = parser.parse_args(argv)
+    args.resume = str(path)
+    for name in ARCHITECTURE:
+        if getattr(args, name) != checkpoint["model_config"][name]:
+            raise CheckpointError(
+                f"--{name.replace('_', '-')} {getattr(args, name)} differs from the checkpoint's "
+                f"{checkpoint['model_config'][name]}; the architecture cannot change on resume"
+            )
+    return args, checkpoint
+
+
+def load_data(args: argparse.Namespace, vocab: Vocabulary | None):
+    """Pairs from data/ (built first if missing), the vocabulary, encoded train and val examples."""
+    data_dir = Path(args.data_dir)
+    if not all((data_dir / f"{split}.txt").exists() for split in ("train", "val")):
+        print(f"{data_dir}/ has no training data yet: building it first", file=sys.stderr)
+        build_data(args)
+    train_pairs, val_pairs = read_pairs(data_dir / "train.txt"), read_pairs(data_dir / "val.txt")
+    if vocab is None:
+        vocab = Vocabulary.build((side for pair in train_pairs for side in pair), min_count=args.min_count)
+    train = encode_pairs(train_pairs, vocab, args.max_length)
+    val = encode_pairs(val_pairs, vocab, args.max_length)
+    if not val:
+        raise CorpusError(
+            f"{data_dir}/val.txt has no pairs of at most {args.max_length} tokens to validate on"
+        )
+    return vocab, train, val
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args, checkpoint = parse_args(argv)
+        device = resolve_device(args.device)
+        check_precision(args.precision, device)
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
+        if checkpoint:
+            model, vocab = build_model(checkpoint, device)
+        else:
+            torch.manual_seed(args.seed)
+            vocab = None
+        vocab, train, val = load_data(args, vocab)
+        if not checkpoint:
+            config = ModelConfig(
+                len(vocab),
+                args.hidden_size,
+                args.encoder_layers,
+                args.decoder_layers,
+                args.dropout,
+                args.attn_model,
+            )
+            model = Seq2Seq(config).to(device)
+        batches_per_epoch = len(train) // args.batch_size
+        if batches_per_epoch == 0:
+            raise CorpusError(f"{len(train)} training pairs are fewer than one batch of {args.batch_size}")
+        if args.epochs:
+            args.iterations, args.epochs = args.epochs * batches_per_epoch, None
+        optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
+        step = TrainStep(model, optimizer, args.clip, args.precision)
+        state = Trainer.restore(checkpoint, step) if checkpoint else None
+        for group, lr in zip(
+            optimizer.param_groups, (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
+        ):
+            group["lr"] = lr  # a resumed run may be given new rates
+        if args.compile:
+            model.compile(dynamic=True)
+        loop = LoopSettings(
+            args.iterations,
+            args.batch_size,
+            args.teacher_forcing_ratio,
+            args.eval_every,
+            args.save_every,
+            args.patience,
+            args.seed,
+        )
+        saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
+        trainer = Trainer(
+            step, vocab, train, iterate_batches(val, args.batch_size), loop, args.save_dir, saved_args, state
+        )
+    except (CheckpointError, CorpusError, TrainingError) as error:
+        fail(str(error))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    start_at = trainer.state.iteration
+    print(
+        f"{'resuming ' + args.resume + ' at iteration ' + str(start_at) if checkpoint else 'training'}: "
+        f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
+        f"{len(vocab):,} words, {n_params / 1e6:.1f}M parameters, {device}, {args.precision}",
+        file=sys.stderr,
+    )
+    started = time.perf_counter()
+    try:
+        reason = trainer.run()
+    except TrainingError as error:
+        fail(f"{error} (stopped at iteration {trainer.state.iteration}; best_model.pth is untouched)")
+    s = trainer.state
+    if args.plot:
+        plot_losses(
+            s.history, args.plot, f"{args.attn_model} attention, hidden {args.hidden_size}, {args.precision}"
+        )
+    print(
+        f"{reason} at iteration {s.iteration} after {time.perf_counter() - started:.0f}s; best validation loss "
+        f"{s.best_val_loss:.4f} (perplexity {perplexity(s.best_val_loss):.2f}) at iteration {s.best_iteration}; "
+        f"checkpoints in {args.save_dir}/" + (f"; plot {args.plot}" if args.plot else "")
+    )
+    if reason == "interrupted":
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()
