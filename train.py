@@ -11,6 +11,7 @@ Every flag is also accepted in snake case (--learning_rate=0.0003), as a W&B age
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ from seq2seq.training import (
 )
 from seq2seq.vocab import Vocabulary
 
-ARCHITECTURE = ("hidden_size", "encoder_layers", "decoder_layers", "attn_model")
+ARCHITECTURE = ("hidden_size", "encoder_layers", "decoder_layers", "attn_model", "dropout")
+RESUME_KEYS = ("args", "optimizer", "rng", "iteration", "history", "best_val_loss", "best_iteration")
 # flags about this machine and this invocation, never taken from a checkpoint being resumed
 MACHINE_FLAGS = ("resume", "device", "num_threads", "compile", "save_dir", "plot", "source", "url")
 
@@ -78,7 +80,7 @@ def make_parser() -> ArgumentParser:
         "--dropout", type=dropout_rate, default=0.1, help="dropout between GRU layers, on decoder input"
     )
     p.add_argument("--attn-model", choices=ATTENTION_SCORES, default="dot", help="Luong attention score")
-    add_data_arguments(p)
+    add_data_arguments(p, keep_built=True)
     p.add_argument("--save-dir", default="checkpoints", help="folder for last.pth and best_model.pth")
     p.add_argument("--save-every", type=positive_int, default=500, help="write last.pth every N iterations")
     p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N iterations")
@@ -124,29 +126,42 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
         return args, None
     path = Path(args.resume or Path(args.save_dir) / "last.pth")
     checkpoint = load_checkpoint(path)
-    parser.set_defaults(**{k: v for k, v in checkpoint["args"].items() if k not in MACHINE_FLAGS})
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing or not isinstance(checkpoint["args"], dict) or "optimizer" not in checkpoint["args"]:
+        raise CheckpointError(
+            f"{path} cannot be resumed: it lacks the training state ({', '.join(missing) or 'args'})"
+        )
+    saved = checkpoint["args"]
+    parser.set_defaults(**{k: v for k, v in saved.items() if k not in MACHINE_FLAGS})
     args = parser.parse_args(argv)
     args.resume = str(path)
-    for name in ARCHITECTURE:
-        if getattr(args, name) != checkpoint["model_config"][name]:
+    fixed = {
+        **{name: checkpoint["model_config"][name] for name in ARCHITECTURE},
+        "optimizer": saved["optimizer"],
+    }
+    for name, value in fixed.items():
+        if getattr(args, name) != value:
             raise CheckpointError(
-                f"--{name.replace('_', '-')} {getattr(args, name)} differs from the checkpoint's "
-                f"{checkpoint['model_config'][name]}; the architecture cannot change on resume"
+                f"--{name.replace('_', '-')} {getattr(args, name)} differs from the checkpoint's {value}; "
+                f"{'the architecture' if name in ARCHITECTURE else 'the optimizer'} cannot change on resume"
             )
     return args, checkpoint
 
 
 def load_data(args: argparse.Namespace, vocab: Vocabulary | None):
-    """Pairs from data/ (built first if missing), the vocabulary, encoded train and val examples."""
+    """Build data/ if it is missing or cut differently from the flags; return the vocabulary
+    (data/vocab.json unless resuming) and the encoded training and validation examples."""
+    build_data(args)
     data_dir = Path(args.data_dir)
-    if not all((data_dir / f"{split}.txt").exists() for split in ("train", "val")):
-        print(f"{data_dir}/ has no training data yet: building it first", file=sys.stderr)
-        build_data(args)
-    train_pairs, val_pairs = read_pairs(data_dir / "train.txt"), read_pairs(data_dir / "val.txt")
     if vocab is None:
-        vocab = Vocabulary.build((side for pair in train_pairs for side in pair), min_count=args.min_count)
-    train = encode_pairs(train_pairs, vocab, args.max_length)
-    val = encode_pairs(val_pairs, vocab, args.max_length)
+        try:
+            vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError) as error:
+            raise CorpusError(
+                f"cannot read {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
+            ) from None
+    train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, args.max_length)
+    val = encode_pairs(read_pairs(data_dir / "val.txt"), vocab, args.max_length)
     if not val:
         raise CorpusError(
             f"{data_dir}/val.txt has no pairs of at most {args.max_length} tokens to validate on"
@@ -154,72 +169,59 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None):
     return vocab, train, val
 
 
+def setup(args: argparse.Namespace, checkpoint: dict | None) -> Trainer:
+    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming)."""
+    device = resolve_device(args.device)
+    check_precision(args.precision, device)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if checkpoint:
+        model, vocab = build_model(checkpoint, device)
+    else:
+        torch.manual_seed(args.seed)
+        vocab = None
+    vocab, train, val = load_data(args, vocab)
+    if not checkpoint:
+        config = ModelConfig(len(vocab), args.hidden_size, args.encoder_layers, args.decoder_layers,
+                             args.dropout, args.attn_model)  # fmt: skip
+        model = Seq2Seq(config).to(device)
+    batches_per_epoch = len(train) // args.batch_size
+    if batches_per_epoch == 0:
+        raise CorpusError(f"{len(train)} training pairs are fewer than one batch of {args.batch_size}")
+    if args.epochs:
+        args.iterations, args.epochs = args.epochs * batches_per_epoch, None
+    rates = (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
+    optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
+    step = TrainStep(model, optimizer, args.clip, args.precision)
+    state = Trainer.restore(checkpoint, step) if checkpoint else None
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr  # a resumed run may be given new rates
+    if args.compile:
+        model.compile(dynamic=True)
+    loop = LoopSettings(args.iterations, args.batch_size, args.teacher_forcing_ratio, args.eval_every,
+                        args.save_every, args.patience, args.seed)  # fmt: skip
+    print(
+        f"{f'resuming {args.resume} at iteration {state.iteration}' if state else 'training'}: "
+        f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
+        f"{len(vocab):,} words, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{device}, {args.precision}",
+        file=sys.stderr,
+    )
+    saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
+    val_batches = iterate_batches(val, args.batch_size)
+    return Trainer(step, vocab, train, val_batches, loop, args.save_dir, saved_args, state)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         args, checkpoint = parse_args(argv)
-        device = resolve_device(args.device)
-        check_precision(args.precision, device)
-        if args.num_threads:
-            torch.set_num_threads(args.num_threads)
-        if checkpoint:
-            model, vocab = build_model(checkpoint, device)
-        else:
-            torch.manual_seed(args.seed)
-            vocab = None
-        vocab, train, val = load_data(args, vocab)
-        if not checkpoint:
-            config = ModelConfig(
-                len(vocab),
-                args.hidden_size,
-                args.encoder_layers,
-                args.decoder_layers,
-                args.dropout,
-                args.attn_model,
-            )
-            model = Seq2Seq(config).to(device)
-        batches_per_epoch = len(train) // args.batch_size
-        if batches_per_epoch == 0:
-            raise CorpusError(f"{len(train)} training pairs are fewer than one batch of {args.batch_size}")
-        if args.epochs:
-            args.iterations, args.epochs = args.epochs * batches_per_epoch, None
-        optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
-        step = TrainStep(model, optimizer, args.clip, args.precision)
-        state = Trainer.restore(checkpoint, step) if checkpoint else None
-        for group, lr in zip(
-            optimizer.param_groups, (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
-        ):
-            group["lr"] = lr  # a resumed run may be given new rates
-        if args.compile:
-            model.compile(dynamic=True)
-        loop = LoopSettings(
-            args.iterations,
-            args.batch_size,
-            args.teacher_forcing_ratio,
-            args.eval_every,
-            args.save_every,
-            args.patience,
-            args.seed,
-        )
-        saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
-        trainer = Trainer(
-            step, vocab, train, iterate_batches(val, args.batch_size), loop, args.save_dir, saved_args, state
-        )
+        trainer = setup(args, checkpoint)
+        started = time.perf_counter()
+        reason = trainer.run()
     except (CheckpointError, CorpusError, TrainingError) as error:
         fail(str(error))
-
-    n_params = sum(p.numel() for p in model.parameters())
-    start_at = trainer.state.iteration
-    print(
-        f"{'resuming ' + args.resume + ' at iteration ' + str(start_at) if checkpoint else 'training'}: "
-        f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
-        f"{len(vocab):,} words, {n_params / 1e6:.1f}M parameters, {device}, {args.precision}",
-        file=sys.stderr,
-    )
-    started = time.perf_counter()
-    try:
-        reason = trainer.run()
-    except TrainingError as error:
-        fail(f"{error} (stopped at iteration {trainer.state.iteration}; best_model.pth is untouched)")
+    except KeyboardInterrupt:
+        fail("interrupted before a checkpoint could be written", 130)
     s = trainer.state
     if args.plot:
         plot_losses(

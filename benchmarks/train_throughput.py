@@ -9,6 +9,9 @@ Rows (same model size, same batches, target tokens per second over timed iterati
       mean per step, two optimizers clipped separately;
   (b) this project's training step (teacher-forced fast path, cross-entropy on logits) in fp32;
   (c) the same in bf16 autocast.
+
+With --parity-iterations N it then trains the default model N iterations on data/ in fp32 and in
+bf16 (same seed, same batches) and prints both validation losses: bf16 should land within 2%.
 """
 
 import sys
@@ -20,11 +23,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from seq2seq.batching import collate  # noqa: E402
-from seq2seq.cli import ArgumentParser, positive_int  # noqa: E402
-from seq2seq.model import ModelConfig, Seq2Seq  # noqa: E402
-from seq2seq.training import TrainStep, make_optimizer  # noqa: E402
-from seq2seq.vocab import EOS, PAD, SOS  # noqa: E402
+from seq2seq.batching import BatchSchedule, collate, encode_pairs, iterate_batches
+from seq2seq.cli import ArgumentParser, positive_int
+from seq2seq.cornell import read_pairs
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.training import TrainStep, evaluate_loss, make_optimizer, perplexity
+from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
 
 
 def tutorial_step(model: Seq2Seq, enc_opt, dec_opt, batch, clip: float) -> float:
@@ -71,6 +75,31 @@ def random_batches(n: int, batch_size: int, vocab_size: int, max_length: int, se
     return [collate([(sentence(), sentence()) for _ in range(batch_size)]) for _ in range(n)]
 
 
+def precision_parity(data_dir: Path, iterations: int, device: torch.device) -> None:
+    """Train fp32 and bf16 side by side on the real data and compare validation losses."""
+    train_pairs, val_pairs = read_pairs(data_dir / "train.txt"), read_pairs(data_dir / "val.txt")
+    vocab = Vocabulary.build((side for pair in train_pairs for side in pair), min_count=3)
+    train, val = encode_pairs(train_pairs, vocab, 10), iterate_batches(encode_pairs(val_pairs, vocab, 10), 64)
+    schedule = BatchSchedule(len(train), 64, seed=0)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = Seq2Seq(ModelConfig(len(vocab))).to(device).train()
+        step = TrainStep(model, make_optimizer(model, "adam", 1e-4, 5.0), clip=50.0, precision=precision)
+        start = time.perf_counter()
+        for i in range(iterations):
+            step(collate([train[j] for j in schedule.indices(i)]), teacher_forcing=True)
+        results[precision] = (evaluate_loss(model, val), time.perf_counter() - start)
+    print(
+        f"\n{iterations} iterations on {data_dir}/ (default model, {len(vocab):,} words), validated in fp32:"
+    )
+    print(f"{'precision':<10}{'val loss':>10}{'perplexity':>12}{'train time':>12}")
+    for precision, (loss, seconds) in results.items():
+        print(f"{precision:<10}{loss:>10.4f}{perplexity(loss):>12.2f}{seconds:>11.0f}s")
+    gap = abs(results["bf16"][0] - results["fp32"][0]) / results["fp32"][0]
+    print(f"bf16 differs from fp32 by {gap:.2%} ({'within' if gap <= 0.02 else 'outside'} the 2% goal)")
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -81,6 +110,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed iterations per row")
     parser.add_argument("--iterations", type=positive_int, default=10, help="timed iterations per row")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--parity-iterations", type=positive_int, help="also train fp32 and bf16 this long on data/"
+    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="pairs for --parity-iterations")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +158,8 @@ def main() -> None:
     print(f"{'path':<34}{'target tokens/s':>16}{'vs (a)':>8}")
     for label, rate in rows:
         print(f"{label:<34}{rate:>16,.0f}{rate / rows[0][1]:>7.2f}x")
+    if args.parity_iterations:
+        precision_parity(args.data_dir, args.parity_iterations, device)
 
 
 if __name__ == "__main__":

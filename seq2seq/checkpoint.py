@@ -59,20 +59,14 @@ def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[S
     try:
         vocab = Vocabulary.from_dict(checkpoint["vocab"])
         config = ModelConfig(**checkpoint["model_config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint has a damaged vocabulary or model configuration: {error}"
-        ) from None
-    if config.vocab_size != len(vocab):
-        raise CheckpointError(
-            f"checkpoint vocabulary has {len(vocab)} words but its model expects {config.vocab_size}"
-        )
-    model = Seq2Seq(config)
-    try:
+        if config.vocab_size != len(vocab):
+            raise ValueError(
+                f"its vocabulary has {len(vocab)} words but its model expects {config.vocab_size}"
+            )
+        model = Seq2Seq(config)
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        raise CheckpointError(
-            f"checkpoint weights do not fit its model: {first[1].strip() if len(first) > 1 else first[0]}"
-        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+        raise CheckpointError(f"checkpoint does not describe a usable model: {detail[:200]}") from None
     return model.to(device), vocab

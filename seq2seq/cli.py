@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .cornell import RARE_WORD_POLICIES, PairSettings
-from .download import CORPUS_URL, DataError, format_stats, prepare_data
+from .download import CORPUS_URL, DataError, format_stats, prepare_data, read_stats
 
 
 def _kebab(arg: str) -> str:
@@ -62,53 +63,81 @@ def fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
-def add_data_arguments(parser: ArgumentParser) -> None:
-    """The flags that say where the corpus comes from and how pairs are cut (shared with train.py)."""
-    parser.add_argument("--data-dir", default="data", help="folder for train/val/test.txt and stats.json")
+# Pair-cutting flags: their PairSettings field names and the values download_data.py defaults to.
+DATA_FLAGS = {"max_length": "max_length", "min_count": "min_count", "rare_words": "rare_words",
+              "val_fraction": "val_fraction", "test_fraction": "test_fraction", "split_seed": "seed"}  # fmt: skip
+
+
+def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None:
+    """The flags that say where the corpus comes from and how pairs are cut.
+
+    With `keep_built` (train.py) an unset pair-cutting flag keeps the value data/ was built
+    with, so training never silently uses data cut differently from what it asked for, and
+    asking for something else rebuilds data/.
+    """
+    defaults = PairSettings()
+
+    def default(field: str):
+        return None if keep_built else getattr(defaults, field)
+
+    def shown(field: str) -> str:
+        value = getattr(defaults, field)
+        return f" (default: as data/ was built, else {value})" if keep_built else ""
+
+    parser.add_argument(
+        "--data-dir", default="data", help="folder for train/val/test.txt, vocab.json, stats.json"
+    )
     parser.add_argument("--source", help="an already downloaded corpus zip or extracted folder (offline use)")
     parser.add_argument("--url", default=CORPUS_URL, help="address of the corpus zip")
-    parser.add_argument(
-        "--max-length",
-        type=positive_int,
-        default=10,
-        help="keep pairs whose sides are shorter than this many tokens (room for EOS)",
-    )
+    parser.add_argument("--max-length", type=positive_int, default=default("max_length"),
+                        help="keep pairs whose sides are shorter than this many tokens (room for EOS)"
+                        + shown("max_length"))  # fmt: skip
     parser.add_argument(
         "--min-count",
         type=positive_int,
-        default=3,
-        help="words seen fewer times in the training split are rare",
+        default=default("min_count"),
+        help="words seen fewer times in the training split are rare" + shown("min_count"),
+    )
+    parser.add_argument("--rare-words", choices=RARE_WORD_POLICIES, default=default("rare_words"),
+                        help="unk: keep pairs, rare words become <unk>; drop: drop pairs with rare words "
+                        "(tutorial)" + shown("rare_words"))  # fmt: skip
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=default("val_fraction"),
+        help="share of conversations for validation" + shown("val_fraction"),
     )
     parser.add_argument(
-        "--rare-words",
-        choices=RARE_WORD_POLICIES,
-        default="unk",
-        help="unk: keep pairs, rare words become <unk>; drop: drop pairs with rare words (tutorial)",
+        "--test-fraction",
+        type=fraction,
+        default=default("test_fraction"),
+        help="share of conversations for test" + shown("test_fraction"),
     )
     parser.add_argument(
-        "--val-fraction", type=fraction, default=0.05, help="share of conversations for validation"
-    )
-    parser.add_argument(
-        "--test-fraction", type=fraction, default=0.05, help="share of conversations for test"
-    )
-    parser.add_argument(
-        "--split-seed", type=non_negative_int, default=0, help="seed of the conversation split"
+        "--split-seed",
+        type=non_negative_int,
+        default=default("seed"),
+        help="seed of the conversation split" + shown("seed"),
     )
 
 
 def pair_settings(args: argparse.Namespace) -> PairSettings:
-    return PairSettings(
-        args.max_length,
-        args.min_count,
-        args.rare_words,
-        args.val_fraction,
-        args.test_fraction,
-        args.split_seed,
-    )
+    """The flags as PairSettings; unset ones come from data/stats.json, else the defaults.
+
+    The resolved values are written back onto `args`, so what a run records is what it used.
+    """
+    built = (read_stats(Path(args.data_dir) / "stats.json") or {}).get("settings", {})
+    fallback = {**vars(PairSettings()), **built}
+    values = {}
+    for flag, field in DATA_FLAGS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, fallback[field])
+        values[field] = getattr(args, flag)
+    return PairSettings(**values)
 
 
 def build_data(args: argparse.Namespace, force: bool = False) -> dict:
-    """Build (or reuse) the data folder, print its summary, exit with one line on failure."""
+    """Build data/ (or find it already built as asked), print its summary; one line on failure."""
     try:
         stats = prepare_data(args.data_dir, pair_settings(args), args.source, args.url, force)
     except DataError as error:
@@ -116,6 +145,8 @@ def build_data(args: argparse.Namespace, force: bool = False) -> dict:
     except KeyboardInterrupt:
         fail("interrupted; finished files are kept and a rerun continues from them", 130)
     if stats.get("skipped_build"):
-        print(f"{args.data_dir}/ is already built with these settings (use --force to rebuild)")
-    print(format_stats(stats))
+        print(
+            f"{args.data_dir}/ is already built with these settings (use --force to rebuild)", file=sys.stderr
+        )
+    print(format_stats(stats), file=sys.stderr if stats.get("skipped_build") else sys.stdout)
     return stats

@@ -178,6 +178,7 @@ class PairSettings:
 @dataclass
 class PairedCorpus:
     splits: dict[str, list[Pair]]
+    vocab: Vocabulary  # counted on the training split, trimmed at min_count
     stats: dict = field(default_factory=dict)
 
 
@@ -221,6 +222,8 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
     def unk_tokens(pairs: list[Pair]) -> int:
         return sum(len(vocab.unknown_words(side)) for pair in pairs for side in pair)
 
+    seen_in_train = set(kept["train"])
+
     stats = {
         "conversations": len(conversations),
         "pairs": {
@@ -233,12 +236,14 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
                 "conversations": conversation_counts[s],
                 "pairs": len(kept[s]),
                 "unk_tokens": unk_tokens(kept[s]),
+                # the same (query, reply) text can recur in other conversations ("what ?" / "nothing .")
+                "pairs_also_in_train": 0 if s == "train" else sum(p in seen_in_train for p in kept[s]),
             }
             for s in SPLITS
         },
         "vocabulary": {"train_words": len(counts), "kept_words": len(vocab) - len(SPECIAL_TOKENS)},
     }
-    return PairedCorpus(kept, stats)
+    return PairedCorpus(kept, vocab, stats)
 
 
 def write_pairs(path: str | Path, pairs: list[Pair]) -> None:

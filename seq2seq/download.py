@@ -27,6 +27,7 @@ ZIP_NAME = "cornell_movie_dialogs_corpus.zip"
 RAW_DIR = "raw"
 CORNELL_MEMBERS = ("movie_lines.txt", "movie_conversations.txt")
 CONVOKIT_MEMBERS = ("utterances.jsonl",)
+BUILT_FILES = ("train.txt", "val.txt", "test.txt", "vocab.json", "stats.json")
 RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
@@ -34,12 +35,22 @@ class DataError(Exception):
     """A problem the user can fix; the message is one line saying what happened and what to do."""
 
 
+def _range_start(response: requests.Response) -> int | None:
+    """The first byte a 206 answer carries ("Content-Range: bytes START-END/TOTAL"), or None."""
+    value = response.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
 def fetch(url: str, dest: Path, retries: int = 5, backoff: float = 1.0, timeout: float = 30.0) -> None:
     """Download `url` to `dest`, resuming a partial `dest.part` with an HTTP Range request.
 
     A dropped connection or a server error is retried with exponential back-off, each retry
-    continuing from the bytes already on disk. The file appears under its final name only once
-    the server says the transfer is complete.
+    continuing from the bytes already on disk. A server that ignores the Range header, or answers
+    from another offset, gets the download restarted from zero. The file appears under its final
+    name only once the server says the transfer is complete.
     """
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -48,14 +59,20 @@ def fetch(url: str, dest: Path, retries: int = 5, backoff: float = 1.0, timeout:
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
-                if response.status_code == 416:  # nothing left to send: the part is whole
-                    break
+                if response.status_code == 416:  # nothing left to send: fine if the part is whole
+                    if response.headers.get("Content-Range") == f"bytes */{have}":
+                        break
+                    part.unlink()
+                    raise requests.ConnectionError("the partial download does not match the file; restarting")
                 if response.status_code >= 500:
                     raise requests.ConnectionError(f"server error {response.status_code}")
                 if response.status_code not in (200, 206):
                     raise DataError(f"{url} answered HTTP {response.status_code}: check the address (--url)")
+                if response.status_code == 206 and _range_start(response) != have:
+                    part.unlink()
+                    raise requests.ConnectionError("the server sent another byte range; restarting")
                 if response.status_code == 200:
-                    have = 0  # the server ignored the Range header: start over
+                    have = 0  # the server ignored our Range and sends the whole file
                 length = response.headers.get("Content-Length")
                 total = have + int(length) if length else None
                 with (
@@ -84,6 +101,8 @@ def fetch(url: str, dest: Path, retries: int = 5, backoff: float = 1.0, timeout:
             wait = backoff * 2**attempt
             print(f"download interrupted ({error}); retrying in {wait:.0f}s", flush=True)
             time.sleep(wait)
+        except requests.RequestException as error:  # a malformed address, too many redirects, ...
+            raise DataError(f"cannot download {url}: {error} (check --url)") from None
     part.replace(dest)
 
 
@@ -144,11 +163,19 @@ def locate_corpus(data_dir: Path, source: str | None, url: str, force: bool) -> 
         zip_path = source_path
     else:
         zip_path = data_dir / ZIP_NAME
+        if force:
+            zip_path.with_name(zip_path.name + ".part").unlink(missing_ok=True)
         if force or not zip_path.exists():
             fetch(url, zip_path)
     raw = data_dir / RAW_DIR
     if force or not raw.is_dir():
-        extract(zip_path, raw)
+        try:
+            extract(zip_path, raw)
+        except DataError:
+            if source is None:  # our own download is damaged: remove it so a rerun fetches it anew
+                zip_path.unlink(missing_ok=True)
+                raise DataError(f"the downloaded {ZIP_NAME} is damaged and was removed; run again") from None
+            raise
     return raw
 
 
@@ -167,9 +194,13 @@ def prepare_data(
     data_dir = Path(data_dir)
     stats_path = data_dir / "stats.json"
     try:
-        previous = _read_stats(stats_path)
-        if previous and previous.get("settings") == vars(settings) and not force:
+        previous = read_stats(stats_path)
+        complete = all((data_dir / name).exists() for name in BUILT_FILES)
+        if previous and complete and previous.get("settings") == vars(settings) and not force:
             return previous | {"skipped_build": True}
+        stats_path.unlink(missing_ok=True)  # the old build stops counting as finished from here on
+        if source is None and previous and previous.get("corpus") and Path(previous["corpus"]).is_dir():
+            source = previous["corpus"]  # rebuild from the corpus the last build read
         corpus = locate_corpus(data_dir, source, url, force)
         start = time.perf_counter()
         conversations, skipped = read_corpus(corpus)
@@ -178,9 +209,10 @@ def prepare_data(
         paired = make_pairs(conversations, settings)
         for split in SPLITS:
             write_pairs(data_dir / f"{split}.txt", paired.splits[split])
+        write_text_atomic(data_dir / "vocab.json", json.dumps(paired.vocab.to_dict()) + "\n")
         stats = {
             "source": str(source if source is not None else url),
-            "corpus": str(corpus),
+            "corpus": str(Path(corpus).resolve()),
             "settings": vars(settings),
             "utterances": sum(len(c) for c in conversations),
             **paired.stats,
@@ -193,11 +225,13 @@ def prepare_data(
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise DataError(f"disk full while writing {data_dir}: free some space and run again") from None
-        raise DataError(f"cannot write {data_dir}: {error.strerror or error}") from None
+        raise DataError(
+            f"cannot build {data_dir}: {error.strerror or error} ({error.filename or ''})"
+        ) from None
     return stats
 
 
-def _read_stats(path: Path) -> dict | None:
+def read_stats(path: Path) -> dict | None:
     """The statistics of a finished build, or None if there is none (or it is unreadable)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -118,14 +118,16 @@ def evaluate_loss(model: Seq2Seq, batches: list[Batch], precision: str = "fp32")
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for batch in batches:
-        batch = batch.to(device)
-        with autocast(device, precision):
-            logits = model(batch.src, batch.lengths, batch.tgt)
-        n = batch.n_tokens
-        total += sequence_loss(logits, batch.tgt).item() * n
-        tokens += n
-    model.train(was_training)
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            with autocast(device, precision):
+                logits = model(batch.src, batch.lengths, batch.tgt)
+            n = batch.n_tokens
+            total += sequence_loss(logits, batch.tgt).item() * n
+            tokens += n
+    finally:
+        model.train(was_training)
     return total / tokens
 
 
@@ -241,17 +243,27 @@ class Trainer:
         self._stop_requested = True
 
     def run(self) -> str:
-        """Train up to `loop.iterations`; return why it stopped: done, early stop or interrupt."""
+        """Train up to `loop.iterations`; return why it stopped: done, early stop or interrupt.
+
+        Validation happens at multiples of `eval_every` only, so a run split by a resume sees
+        exactly the validations (and early-stopping decisions) of one uninterrupted run.
+        Ctrl-C or SIGTERM finishes the current iteration, then saves last.pth and stops.
+        """
         loop, s = self.loop, self.state
         reason = "done"
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True)
         window = [0.0, 0, 0, time.perf_counter()]  # loss sum, iterations, tokens, start time
         try:
             while s.iteration < loop.iterations:
                 batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
                 teacher_forcing = bool(torch.rand(()) < loop.teacher_forcing_ratio)
-                loss, _ = self.step(batch, teacher_forcing)
+                try:
+                    loss, _ = self.step(batch, teacher_forcing)
+                except TrainingError as error:
+                    raise TrainingError(
+                        f"{error} (stopped at iteration {s.iteration + 1}; saved checkpoints are untouched)"
+                    ) from None
                 s.iteration += 1
                 s.history["train"].append([s.iteration, loss.item()])
                 window[0] += s.history["train"][-1][1]
@@ -265,7 +277,7 @@ class Trainer:
                         best_val=f"{s.best_val_loss:.3f}" if s.best_val_loss < math.inf else "-",
                     )
                     window = [0.0, 0, 0, time.perf_counter()]
-                if s.iteration % loop.eval_every == 0 or s.iteration == loop.iterations:
+                if s.iteration % loop.eval_every == 0:
                     val = self.validate()
                     bar.write(
                         f"iteration {s.iteration}: train loss {self.recent_train_loss():.4f}, "
@@ -281,8 +293,9 @@ class Trainer:
                     break
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous_handler)
-        if not s.history["val"] or s.history["val"][-1][0] != s.iteration:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if not s.history["val"]:
             self.validate()  # a run always ends with a validated best_model.pth
         self.save("last.pth")
         return reason

@@ -15,7 +15,8 @@ PAD, SOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>", "<unk>")
 
 # Normalisation, applied identically to the corpus, to chat input and to evaluation data:
-#   1. Unicode NFD, combining marks removed (accents stripped: "café" -> "cafe"), lower case;
+#   1. Unicode NFKD, combining marks removed (accents stripped: "café" -> "cafe", "…" -> "..."),
+#      case folded ("Straße" -> "strasse");
 #   2. sentence punctuation . ! ? becomes a token of its own;
 #   3. every other character except a-z and the apostrophe becomes a space (digits, symbols,
 #      other scripts, control characters);
@@ -26,17 +27,17 @@ _ASCII_TABLE = {c: " " for c in range(128)}
 _ASCII_TABLE.update({ord(c): c for c in "abcdefghijklmnopqrstuvwxyz'"})
 _ASCII_TABLE.update({ord(c): f" {c} " for c in ".!?"})
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _EDGE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
 
 
 def normalize(text: str) -> str:
     """Return `text` normalised to space-separated tokens (see the rules above)."""
-    text = text.lower()
     if not text.isascii():
-        text = unicodedata.normalize("NFD", text.replace("\u2019", "'"))
+        text = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES).casefold())
         text = "".join(c for c in text if not unicodedata.combining(c))
         text = _NON_ASCII.sub(" ", text)
-    text = text.translate(_ASCII_TABLE)
+    text = text.lower().translate(_ASCII_TABLE)
     if "'" in text:
         text = _EDGE_APOSTROPHE.sub(" ", text)
     return " ".join(text.split())

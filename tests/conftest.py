@@ -139,12 +139,50 @@ PAIRS = [
 ]
 
 
+def write_pair_corpus(folder: Path, pairs: list[tuple[str, str]], copies: int = 2) -> Path:
+    """A corpus in the official format in which every pair is a two-line conversation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, conversations = [], []
+    for n, (query, reply) in enumerate(pairs * copies):
+        ids = [f"L{2 * n + 1}", f"L{2 * n + 2}"]
+        lines += [
+            SEP.join([i.encode(), b"u0", b"m0", b"A", text.encode()]) for i, text in zip(ids, (query, reply))
+        ]
+        conversations.append(SEP.join([b"u0", b"u1", b"m0", repr(ids).encode()]))
+    (folder / "movie_lines.txt").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "movie_conversations.txt").write_bytes(b"\n".join(conversations) + b"\n")
+    return folder
+
+
 @pytest.fixture
 def pair_dir(tmp_path: Path) -> Path:
-    """A data/ folder holding the 20 pairs above as train.txt and as val.txt."""
-    from seq2seq.cornell import write_pairs
+    """A data/ folder built by the real pipeline from PAIRS (each twice), every word kept."""
+    from seq2seq.cornell import PairSettings
+    from seq2seq.download import prepare_data
 
-    folder = tmp_path / "data"
-    for split in ("train", "val", "test"):
-        write_pairs(folder / f"{split}.txt", PAIRS)
-    return folder
+    corpus = write_pair_corpus(tmp_path / "pair-corpus", PAIRS)
+    settings = PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.1)
+    prepare_data(tmp_path / "data", settings, source=str(corpus))
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model overfit on PAIRS, saved as a checkpoint (a few seconds, once per session)."""
+    from seq2seq.batching import collate, encode_pairs
+    from seq2seq.checkpoint import save_checkpoint
+    from seq2seq.model import ModelConfig, Seq2Seq
+    from seq2seq.training import TrainStep, make_optimizer
+    from seq2seq.vocab import Vocabulary
+
+    vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
+    batch = collate(encode_pairs(PAIRS, vocab))
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(len(vocab), 64, 1, 1, 0.0, "general"))
+    step = TrainStep(model, make_optimizer(model, "adam", 3e-3, 2.0), clip=5.0)
+    for _ in range(250):
+        step(batch, teacher_forcing=True)
+    path = tmp_path_factory.mktemp("checkpoint") / "best_model.pth"
+    payload = {"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": vocab.to_dict()}
+    save_checkpoint(path, {**payload, "args": {"max_length": 10}})
+    return path

@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class CorpusServer(ThreadingHTTPServer):
-    """Serves `payload` at any path, honouring Range; can cut the first transfer short."""
+    """Serves `payload` at any path, honouring Range; can cut the first transfer short, or answer
+    a Range request from another offset than the one asked for."""
 
-    def __init__(self, payload: bytes, cut_first_after: int | None = None):
+    def __init__(self, payload: bytes, cut_first_after: int | None = None, range_offset: int = 0):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.payload = payload
         self.cut_first_after = cut_first_after
+        self.range_offset = range_offset
         self.ranges: list[str | None] = []
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -41,7 +43,13 @@ class _Handler(BaseHTTPRequestHandler):
         server: CorpusServer = self.server
         header = self.headers.get("Range")
         server.ranges.append(header)
-        start = int(header.split("=")[1].rstrip("-")) if header else 0
+        start = int(header.split("=")[1].rstrip("-")) + server.range_offset if header else 0
+        if start >= len(server.payload):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(server.payload)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = server.payload[start:]
         self.send_response(206 if header else 200)
         self.send_header("Content-Length", str(len(body)))
@@ -87,7 +95,7 @@ def data_files(data_dir: Path) -> list[str]:
 def test_normal_download_builds_data(corpus_zip, tmp_path):
     server = CorpusServer(corpus_zip.read_bytes())
     stats = prepare_data(tmp_path / "data", SETTINGS, url=server.url)
-    assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json"]
+    assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json", "vocab.json"]
     assert (tmp_path / "data" / download.ZIP_NAME).read_bytes() == corpus_zip.read_bytes()
     assert stats["skipped"]["missing_line_id"] == 2
     assert json.loads((tmp_path / "data" / "stats.json").read_text())["pairs"] == stats["pairs"]
@@ -115,12 +123,51 @@ def test_partial_file_from_an_earlier_run_is_resumed(corpus_zip, tmp_path):
     server.shutdown()
 
 
+def test_whole_partial_file_is_accepted_on_416(corpus_zip, tmp_path):
+    payload = corpus_zip.read_bytes()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / (download.ZIP_NAME + ".part")).write_bytes(payload)
+    server = CorpusServer(payload)
+    prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert server.ranges == [f"bytes={len(payload)}-"]
+    assert (tmp_path / "data" / download.ZIP_NAME).read_bytes() == payload
+    server.shutdown()
+
+
+def test_wrong_range_answer_restarts_from_zero(corpus_zip, tmp_path):
+    payload = corpus_zip.read_bytes()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / (download.ZIP_NAME + ".part")).write_bytes(payload[:100])
+    server = CorpusServer(payload, range_offset=7)  # answers bytes 107- when asked for 100-
+    prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert (tmp_path / "data" / download.ZIP_NAME).read_bytes() == payload
+    server.shutdown()
+
+
+def test_damaged_download_is_removed(corpus_zip, tmp_path):
+    payload = bytearray(corpus_zip.read_bytes())
+    payload[len(payload) // 3] ^= 0xFF
+    server = CorpusServer(bytes(payload))
+    with pytest.raises(DataError, match="damaged and was removed"):
+        prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+    assert not (tmp_path / "data" / download.ZIP_NAME).exists()
+    server.shutdown()
+
+
+def test_malformed_url_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="check --url"):
+        prepare_data(tmp_path / "data", SETTINGS, url="not a url")
+
+
 def test_corrupt_zip_is_rejected_and_nothing_written(corpus_zip, tmp_path):
     payload = bytearray(corpus_zip.read_bytes())
     payload[len(payload) // 3] ^= 0xFF  # flip a byte inside the compressed data
     server = CorpusServer(bytes(payload))
+    zip_path = tmp_path / "given.zip"
+    zip_path.write_bytes(bytes(payload))
     with pytest.raises(DataError, match="not a valid corpus zip"):
-        prepare_data(tmp_path / "data", SETTINGS, url=server.url)
+        prepare_data(tmp_path / "data", SETTINGS, source=str(zip_path))
+    assert zip_path.exists()  # a zip the user gave is never deleted
     assert data_files(tmp_path / "data") == []
     assert not (tmp_path / "data" / "raw").exists()
     server.shutdown()
@@ -152,6 +199,25 @@ def test_http_error_is_not_retried(corpus_zip, tmp_path):
     server.shutdown()
 
 
+def test_an_unfinished_build_is_not_trusted(corpus, tmp_path):
+    folder, _ = corpus
+    prepare_data(tmp_path / "data", SETTINGS, source=str(folder))
+    (tmp_path / "data" / "val.txt").unlink()  # e.g. deleted by hand, or a crash mid-build
+    assert "skipped_build" not in prepare_data(tmp_path / "data", SETTINGS)  # rebuilt from the same corpus
+    assert (tmp_path / "data" / "val.txt").exists()
+
+
+def test_stats_count_pairs_that_recur_in_train(tmp_path):
+    from tests.conftest import PAIRS, write_pair_corpus
+
+    corpus = write_pair_corpus(tmp_path / "c", PAIRS, copies=3)
+    stats = prepare_data(
+        tmp_path / "data", PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.2), str(corpus)
+    )
+    assert 0 < stats["splits"]["val"]["pairs_also_in_train"] <= stats["splits"]["val"]["pairs"]
+    assert json.loads((tmp_path / "data" / "vocab.json").read_text())["words"]
+
+
 def test_finished_steps_are_skipped_unless_forced(corpus, tmp_path):
     folder, _ = corpus
     first = prepare_data(tmp_path / "data", SETTINGS, source=str(folder))
@@ -172,7 +238,7 @@ def test_script_with_source_zip_prints_summary(corpus_zip, tmp_path):
     result = run_script("--source", str(corpus_zip), "--min_count=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "after length filter" in result.stdout and "missing_line_id 2" in result.stdout
-    assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json"]
+    assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json", "vocab.json"]
 
 
 def test_script_errors_are_one_line(tmp_path):

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import torch
 import train
 from seq2seq.batching import BatchSchedule, collate, encode_pairs
 from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from seq2seq.cornell import read_pairs
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.training import TrainingError, TrainStep, evaluate_loss, make_optimizer
 from seq2seq.vocab import Vocabulary
@@ -48,7 +50,7 @@ def test_batch_schedule_is_a_pure_function_of_the_iteration():
 
 
 def test_resume_continues_exactly(pair_dir, tmp_path):
-    flags = ["--dropout", "0.2", "--teacher-forcing-ratio", "0.5", "--seed", "3"]
+    flags = ["--dropout", "0.2", "--teacher-forcing-ratio", "0.5", "--seed", "3", "--patience", "2"]
     tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
     tiny_run(pair_dir, tmp_path / "split", "--iterations", "5", *flags)
     tiny_run(pair_dir, tmp_path / "split", "--resume", "--iterations", "9")
@@ -57,17 +59,24 @@ def test_resume_continues_exactly(pair_dir, tmp_path):
     assert a["iteration"] == b["iteration"] == 9
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert a["history"]["train"] == b["history"]["train"]
-    assert set(map(tuple, a["history"]["val"])) <= set(map(tuple, b["history"]["val"]))  # + one at 5
+    assert a["history"] == b["history"]  # the same validations, not one more at the split
     assert b["args"]["dropout"] == 0.2  # saved flags carried over without repeating them
 
 
-def test_resume_refuses_a_different_architecture(pair_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--hidden-size", "32"], "architecture cannot change"),
+        (["--dropout", "0.5"], "architecture cannot change"),
+        (["--optimizer", "sgd"], "optimizer cannot change"),
+    ],
+)
+def test_resume_refuses_a_different_model_or_optimizer(pair_dir, tmp_path, capsys, flags, message):
     tiny_run(pair_dir, tmp_path, "--iterations", "2")
     with pytest.raises(SystemExit) as exit_info:
-        tiny_run(pair_dir, tmp_path, "--resume", "--hidden-size", "32")
+        tiny_run(pair_dir, tmp_path, "--resume", *flags)
     assert exit_info.value.code == 1
-    assert "architecture cannot change" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_checkpoints_round_trip_with_weights_only(pair_dir, tmp_path):
@@ -75,10 +84,11 @@ def test_checkpoints_round_trip_with_weights_only(pair_dir, tmp_path):
     best = torch.load(tmp_path / "best_model.pth", weights_only=True)
     assert best["iteration"] == best["best_iteration"] and best["format"] == "chatbot-seq2seq/1"
     last = load_checkpoint(tmp_path / "last.pth")
-    assert last["iteration"] == 10  # 2 epochs of 20 pairs in batches of 4
-    model, vocab = build_model(last)
-    batch = collate(encode_pairs(PAIRS, vocab))
-    assert evaluate_loss(model, [batch]) == pytest.approx(last["history"]["val"][-1][1], rel=1e-5)
+    train_pairs = read_pairs(pair_dir / "train.txt")
+    assert last["iteration"] == 2 * (len(train_pairs) // 4)  # 2 epochs in batches of 4
+    model, vocab = build_model(best)
+    batch = collate(encode_pairs(read_pairs(pair_dir / "val.txt"), vocab))
+    assert evaluate_loss(model, [batch]) == pytest.approx(best["best_val_loss"], rel=1e-5)
     # the optimizer state comes back on the parameters' device
     optimizer = make_optimizer(model, "adam", 1e-4, 5.0)
     optimizer.load_state_dict(last["optimizer"])
@@ -110,12 +120,19 @@ def test_truncated_or_mismatched_checkpoint(pair_dir, tmp_path):
     checkpoint = load_checkpoint(tmp_path / "last.pth")
     checkpoint["vocab"]["words"].append("extra")
     checkpoint["vocab"]["counts"].append(1)
-    with pytest.raises(CheckpointError, match="vocabulary has"):
+    with pytest.raises(CheckpointError, match="vocabulary has .* words but its model expects"):
         build_model(checkpoint)
     checkpoint = load_checkpoint(tmp_path / "last.pth")
     checkpoint["model_config"]["hidden_size"] = 8
-    with pytest.raises(CheckpointError, match="weights do not fit"):
+    with pytest.raises(CheckpointError, match="size mismatch"):
         build_model(checkpoint)
+    checkpoint["model_config"] = {**checkpoint["model_config"], "hidden_size": 16, "attn_model": "bogus"}
+    with pytest.raises(CheckpointError, match="attention score must be one of"):
+        build_model(checkpoint)
+    del checkpoint["optimizer"]
+    save_checkpoint(tmp_path / "weights_only.pth", {k: v for k, v in checkpoint.items() if k != "format"})
+    with pytest.raises(SystemExit):
+        tiny_run(pair_dir, tmp_path, "--resume", str(tmp_path / "weights_only.pth"))
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -182,6 +199,23 @@ def test_fp16_on_cpu_is_refused(pair_dir, tmp_path, capsys):
     assert "fp16 needs CUDA" in capsys.readouterr().err
 
 
+def test_vocabulary_comes_from_the_data_build(pair_dir, tmp_path):
+    tiny_run(pair_dir, tmp_path, "--iterations", "1")
+    words = load_checkpoint(tmp_path / "last.pth")["vocab"]["words"]
+    assert words == json.loads((pair_dir / "vocab.json").read_text())["words"]
+
+
+def test_data_flags_rebuild_data_when_they_differ(pair_dir, tmp_path):
+    before = json.loads((pair_dir / "stats.json").read_text())["settings"]
+    tiny_run(pair_dir, tmp_path, "--iterations", "1")  # unset flags keep the build as it is
+    assert json.loads((pair_dir / "stats.json").read_text())["settings"] == before
+    tiny_run(pair_dir, tmp_path, "--iterations", "1", "--max-length", "5")  # rebuilt from the same corpus
+    after = json.loads((pair_dir / "stats.json").read_text())
+    assert after["settings"] == {**before, "max_length": 5}
+    assert all(len(side.split()) < 5 for pair in read_pairs(pair_dir / "train.txt") for side in pair)
+    assert load_checkpoint(tmp_path / "last.pth")["args"]["max_length"] == 5
+
+
 def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
     folder, _ = corpus
     result = subprocess.run(
@@ -196,21 +230,20 @@ def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
     assert "best validation loss" in result.stdout
 
 
-def test_ctrl_c_saves_last_checkpoint(pair_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, sig):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *TINY, "--iterations", "100000", "--data-dir", str(pair_dir),
-         "--save-dir", str(tmp_path), "--save-every", "100000", "--eval-every", "100000"],
+         "--save-dir", str(tmp_path), "--save-every", "1", "--eval-every", "100000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
-    deadline = time.time() + 60
-    while not (tmp_path / "best_model.pth").exists() and time.time() < deadline:
-        time.sleep(0.2)  # best_model.pth cannot exist yet: wait for the loop by time instead
-        if time.time() > deadline - 55:
-            break
-    time.sleep(3)
-    process.send_signal(signal.SIGINT)
+    deadline = time.time() + 120
+    while not (tmp_path / "last.pth").exists():  # written after the first iteration, inside the loop
+        assert time.time() < deadline and process.poll() is None, process.communicate()[1][-500:]
+        time.sleep(0.1)
+    process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-500:]
-    assert "interrupted at iteration" in stdout
+    assert "interrupted at iteration" in stdout and "Traceback" not in stderr
     last = load_checkpoint(tmp_path / "last.pth")
     assert last["iteration"] > 0 and (tmp_path / "best_model.pth").exists()

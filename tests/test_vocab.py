@@ -18,6 +18,10 @@ from seq2seq.vocab import EOS, PAD, SOS, SPECIAL_TOKENS, UNK, Vocabulary, detoke
         ("--", ""),
         ("rock'n'roll", "rock'n'roll"),
         ("end.", "end ."),
+        ("Wait\u2026 what", "wait . . . what"),  # NFKD turns the ellipsis into dots
+        ("Stra\u00dfe", "strasse"),  # case folding
+        ("\ufb01ne", "fine"),  # ligature
+        ("It\u2018s", "it's"),
     ],
 )
 def test_normalize(raw, expected):
