@@ -14,13 +14,19 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint
-from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_float, positive_int, probability
-from seq2seq.decoding import METHODS, DecodeSettings, reply_batch
-from seq2seq.training import TrainingError, resolve_device
-from seq2seq.vocab import normalize
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.cli import (
+    ArgumentParser,
+    add_decoding_arguments,
+    decode_settings,
+    fail,
+    load_for_inference,
+    positive_float,
+    positive_int,
+)
+from seq2seq.decoding import reply_batch
+from seq2seq.training import TrainingError
+from seq2seq.vocab import detokenize, normalize
 
 HISTORY_FILE = Path.home() / ".chatbot_seq2seq_history"
 MAX_INPUT_CHARS = 1000
@@ -36,22 +42,7 @@ HELP = """commands:
 def make_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to talk to")
-    p.add_argument("--decoding", choices=METHODS, default="greedy", help="how replies are chosen")
-    p.add_argument("--beam-size", type=positive_int, default=5, help="beams for --decoding beam")
-    p.add_argument("--length-penalty", type=float, default=0.6, help="beam: Wu et al.'s alpha (0: none)")
-    p.add_argument(
-        "--no-repeat-ngram", type=non_negative_int, default=0, help="block repeated n-grams (0: off)"
-    )
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
-    p.add_argument(
-        "--top-k", type=non_negative_int, default=0, help="sample from the k likeliest words (0: all)"
-    )
-    p.add_argument("--top-p", type=probability, default=1.0, help="sample from this much probability mass")
-    p.add_argument(
-        "--max-length", type=positive_int, help="longest reply in tokens (default: the training limit)"
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="cpu", help="where to run")
-    p.add_argument("--seed", type=non_negative_int, help="seed for reproducible sampling")
+    add_decoding_arguments(p)
     return p
 
 
@@ -59,23 +50,8 @@ class Chat:
     """A checkpoint plus decoding settings; turns one line of text into a reply and notes."""
 
     def __init__(self, args: argparse.Namespace):
-        device = resolve_device(args.device)
-        checkpoint = load_checkpoint(args.model_path, map_location=device)
-        self.model, self.vocab = build_model(checkpoint, device)
-        self.model.eval()
-        self.settings = DecodeSettings(
-            method=args.decoding,
-            max_length=args.max_length or checkpoint["args"].get("max_length", 10),
-            beam_size=args.beam_size,
-            length_penalty=args.length_penalty,
-            no_repeat_ngram=args.no_repeat_ngram,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
-        if args.seed is not None:
-            torch.manual_seed(args.seed)
+        self.model, self.vocab, checkpoint = load_for_inference(args)
+        self.settings = decode_settings(args, checkpoint)
 
     def respond(self, line: str) -> tuple[str, list[str]]:
         """The reply (empty if there is nothing to answer) and notes for the user."""
@@ -95,7 +71,7 @@ class Chat:
         if unknown:
             shown = ", ".join(dict.fromkeys(unknown))
             notes.append(f"words I don't know: {shown[:200]}")
-        return reply_batch(self.model, self.vocab, [query], self.settings)[0], notes
+        return detokenize(reply_batch(self.model, self.vocab, [query], self.settings)[0]), notes
 
     def command(self, line: str) -> str | None:
         """Handle a /command; return what to show, or None to quit."""

@@ -14,6 +14,7 @@ With --parity-iterations N it then trains the default model N iterations on data
 bf16 (same seed, same batches) and prints both validation losses: bf16 should land within 2%.
 """
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from seq2seq.batching import BatchSchedule, collate, encode_pairs, iterate_batch
 from seq2seq.cli import ArgumentParser, positive_int
 from seq2seq.cornell import read_pairs
 from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.training import TrainStep, evaluate_loss, make_optimizer, perplexity
+from seq2seq.training import TrainStep, make_optimizer, perplexity, teacher_forced_scores
 from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
 
 
@@ -89,7 +90,7 @@ def precision_parity(data_dir: Path, iterations: int, device: torch.device) -> N
         start = time.perf_counter()
         for i in range(iterations):
             step(collate([train[j] for j in schedule.indices(i)]), teacher_forcing=True)
-        results[precision] = (evaluate_loss(model, val), time.perf_counter() - start)
+        results[precision] = (teacher_forced_scores(model, val)[0], time.perf_counter() - start)
     print(
         f"\n{iterations} iterations on {data_dir}/ (default model, {len(vocab):,} words), validated in fp32:"
     )
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=positive_int, default=10)
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed iterations per row")
     parser.add_argument("--iterations", type=positive_int, default=10, help="timed iterations per row")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="interleaved rounds; medians are shown"
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--parity-iterations", type=positive_int, help="also train fp32 and bf16 this long on data/"
@@ -137,27 +141,36 @@ def main() -> None:
             torch.cuda.synchronize()
         return tokens / (time.perf_counter() - start)
 
-    rows = []
-    torch.manual_seed(0)
-    model = Seq2Seq(config).to(device).train()
-    enc_opt = torch.optim.Adam(model.encoder.parameters(), lr=1e-4)
-    dec_opt = torch.optim.Adam(model.decoder.parameters(), lr=5e-4)
-    rows.append(
-        ("(a) tutorial-style loop, fp32", measure(lambda b: tutorial_step(model, enc_opt, dec_opt, b, 50.0)))
-    )
-    for label, precision in [("(b) project path, fp32", "fp32"), ("(c) project path, bf16", "bf16")]:
+    def fresh_model() -> Seq2Seq:
         torch.manual_seed(0)
-        model = Seq2Seq(config).to(device).train()
+        return Seq2Seq(config).to(device).train()
+
+    tutorial = fresh_model()
+    enc_opt = torch.optim.Adam(tutorial.encoder.parameters(), lr=1e-4)
+    dec_opt = torch.optim.Adam(tutorial.decoder.parameters(), lr=5e-4)
+    paths = {"(a) tutorial-style loop, fp32": lambda b: tutorial_step(tutorial, enc_opt, dec_opt, b, 50.0)}
+    for label, precision in [("(b) project path, fp32", "fp32"), ("(c) project path, bf16", "bf16")]:
+        model = fresh_model()
         step = TrainStep(model, make_optimizer(model, "adam", 1e-4, 5.0), clip=50.0, precision=precision)
-        rows.append((label, measure(lambda b, step=step: step(b, teacher_forcing=True))))
+        paths[label] = lambda b, step=step: step(b, teacher_forcing=True)
+    # rounds interleave the paths, so a slow spell of a shared machine hits them all alike
+    rates: dict[str, list[float]] = {label: [] for label in paths}
+    for _ in range(args.rounds):
+        for label, path in paths.items():
+            rates[label].append(measure(path))
+    medians = {label: statistics.median(values) for label, values in rates.items()}
 
     print(
         f"device {device}, hidden {args.hidden_size}, 2+2 layers, batch {args.batch_size}, "
-        f"vocabulary {args.vocab_size}, length < {args.max_length}, threads {torch.get_num_threads()}"
+        f"vocabulary {args.vocab_size}, length < {args.max_length}, threads {torch.get_num_threads()}, "
+        f"median of {args.rounds} rounds of {args.iterations} iterations"
     )
-    print(f"{'path':<34}{'target tokens/s':>16}{'vs (a)':>8}")
-    for label, rate in rows:
-        print(f"{label:<34}{rate:>16,.0f}{rate / rows[0][1]:>7.2f}x")
+    base = medians["(a) tutorial-style loop, fp32"]
+    print(f"{'path':<34}{'target tokens/s':>16}{'vs (a)':>8}   rounds")
+    for label, rate in medians.items():
+        print(
+            f"{label:<34}{rate:>16,.0f}{rate / base:>7.2f}x   " + " ".join(f"{r:,.0f}" for r in rates[label])
+        )
     if args.parity_iterations:
         precision_parity(args.data_dir, args.parity_iterations, device)
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .batching import collate
 from .model import Memory, Seq2Seq
-from .vocab import EOS, PAD, SOS, UNK, Vocabulary, detokenize
+from .vocab import EOS, PAD, SOS, UNK, Vocabulary
 
 METHODS = ("greedy", "beam", "sample")
 NEVER_GENERATED = (PAD, SOS, UNK)
@@ -172,8 +172,10 @@ def _beam_search(model: Seq2Seq, memory: Memory, hidden: Tensor, settings: Decod
     return Replies(tokens[..., :width], best.values)
 
 
-def reply_batch(model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings: DecodeSettings) -> list[str]:
-    """Detokenised best replies to normalised `queries`, decoded as one batch.
+def reply_batch(
+    model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings: DecodeSettings
+) -> list[list[str]]:
+    """The best reply's tokens for each normalised query, decoded as one batch.
 
     A query is cut to the `max_length - 1` tokens the model was trained on (EOS takes the last).
     """
@@ -181,4 +183,4 @@ def reply_batch(model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings:
     keep = settings.max_length - 1
     batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries])
     replies = decode(model, batch.src.to(device), batch.lengths, settings)
-    return [detokenize(vocab.decode(row[0].tolist())) for row in replies.tokens.cpu()]
+    return [vocab.decode(row[0].tolist()) for row in replies.tokens.cpu()]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .batching import Batch, BatchSchedule, Example, collate
 from .checkpoint import save_checkpoint
 from .model import Seq2Seq, sequence_loss
-from .vocab import Vocabulary
+from .vocab import PAD, Vocabulary
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "sgd")
@@ -112,12 +112,17 @@ class TrainStep:
 
 
 @torch.no_grad()
-def evaluate_loss(model: Seq2Seq, batches: list[Batch], precision: str = "fp32") -> float:
-    """Teacher-forced loss per target token over all `batches` (each token weighs the same)."""
+def teacher_forced_scores(
+    model: Seq2Seq, batches: list[Batch], precision: str = "fp32"
+) -> tuple[float, float]:
+    """Loss per target token and token accuracy (argmax = target) over all `batches`, teacher-forced.
+
+    Every non-PAD target token weighs the same, whatever batch it is in.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    total, correct, tokens = 0.0, 0, 0
     try:
         for batch in batches:
             batch = batch.to(device)
@@ -125,10 +130,11 @@ def evaluate_loss(model: Seq2Seq, batches: list[Batch], precision: str = "fp32")
                 logits = model(batch.src, batch.lengths, batch.tgt)
             n = batch.n_tokens
             total += sequence_loss(logits, batch.tgt).item() * n
+            correct += int(((logits.argmax(-1) == batch.tgt) & (batch.tgt != PAD)).sum())
             tokens += n
     finally:
         model.train(was_training)
-    return total / tokens
+    return total / tokens, correct / tokens
 
 
 def perplexity(loss: float) -> float:
@@ -228,7 +234,7 @@ class Trainer:
     def validate(self) -> float:
         """Validation loss; a new best is saved to best_model.pth at once."""
         s = self.state
-        loss = evaluate_loss(self.step.model, self.val_batches, self.step.precision)
+        loss, _ = teacher_forced_scores(self.step.model, self.val_batches, self.step.precision)
         s.history["val"].append([s.iteration, loss])
         if loss < s.best_val_loss:
             s.best_val_loss, s.best_iteration, s.evals_without_improvement = loss, s.iteration, 0

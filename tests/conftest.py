@@ -166,11 +166,9 @@ def pair_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    """A tiny model overfit on PAIRS, saved as a checkpoint (a few seconds, once per session)."""
+def overfit_tiny_model():
+    """A tiny model trained 250 steps on PAIRS: (model, vocabulary, the batch, last loss)."""
     from seq2seq.batching import collate, encode_pairs
-    from seq2seq.checkpoint import save_checkpoint
     from seq2seq.model import ModelConfig, Seq2Seq
     from seq2seq.training import TrainStep, make_optimizer
     from seq2seq.vocab import Vocabulary
@@ -181,7 +179,16 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     model = Seq2Seq(ModelConfig(len(vocab), 64, 1, 1, 0.0, "general"))
     step = TrainStep(model, make_optimizer(model, "adam", 3e-3, 2.0), clip=5.0)
     for _ in range(250):
-        step(batch, teacher_forcing=True)
+        loss, _ = step(batch, teacher_forcing=True)
+    return model, vocab, batch, loss.item()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """overfit_tiny_model() saved as a checkpoint (a few seconds, once per session)."""
+    from seq2seq.checkpoint import save_checkpoint
+
+    model, vocab, _, _ = overfit_tiny_model()
     path = tmp_path_factory.mktemp("checkpoint") / "best_model.pth"
     payload = {"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": vocab.to_dict()}
     save_checkpoint(path, {**payload, "args": {"max_length": 10}})

@@ -113,10 +113,15 @@ def test_cut_transfer_resumes_with_range(corpus_zip, tmp_path):
     server.shutdown()
 
 
+def leave_partial_download(data_dir: Path, content: bytes) -> None:
+    """What an interrupted earlier run leaves behind."""
+    data_dir.mkdir()
+    (data_dir / (download.ZIP_NAME + ".part")).write_bytes(content)
+
+
 def test_partial_file_from_an_earlier_run_is_resumed(corpus_zip, tmp_path):
     payload = corpus_zip.read_bytes()
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / (download.ZIP_NAME + ".part")).write_bytes(payload[:100])
+    leave_partial_download(tmp_path / "data", payload[:100])
     server = CorpusServer(payload)
     prepare_data(tmp_path / "data", SETTINGS, url=server.url)
     assert server.ranges == ["bytes=100-"]
@@ -125,8 +130,7 @@ def test_partial_file_from_an_earlier_run_is_resumed(corpus_zip, tmp_path):
 
 def test_whole_partial_file_is_accepted_on_416(corpus_zip, tmp_path):
     payload = corpus_zip.read_bytes()
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / (download.ZIP_NAME + ".part")).write_bytes(payload)
+    leave_partial_download(tmp_path / "data", payload)
     server = CorpusServer(payload)
     prepare_data(tmp_path / "data", SETTINGS, url=server.url)
     assert server.ranges == [f"bytes={len(payload)}-"]
@@ -136,8 +140,7 @@ def test_whole_partial_file_is_accepted_on_416(corpus_zip, tmp_path):
 
 def test_wrong_range_answer_restarts_from_zero(corpus_zip, tmp_path):
     payload = corpus_zip.read_bytes()
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / (download.ZIP_NAME + ".part")).write_bytes(payload[:100])
+    leave_partial_download(tmp_path / "data", payload[:100])
     server = CorpusServer(payload, range_offset=7)  # answers bytes 107- when asked for 100-
     prepare_data(tmp_path / "data", SETTINGS, url=server.url)
     assert (tmp_path / "data" / download.ZIP_NAME).read_bytes() == payload

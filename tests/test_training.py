@@ -14,9 +14,9 @@ from seq2seq.batching import BatchSchedule, collate, encode_pairs
 from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from seq2seq.cornell import read_pairs
 from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.training import TrainingError, TrainStep, evaluate_loss, make_optimizer
+from seq2seq.training import TrainingError, TrainStep, make_optimizer, teacher_forced_scores
 from seq2seq.vocab import Vocabulary
-from tests.conftest import PAIRS
+from tests.conftest import PAIRS, overfit_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden-size", "16", "--encoder-layers", "2", "--decoder-layers", "2", "--batch-size", "4",
@@ -28,15 +28,9 @@ def tiny_run(pair_dir: Path, save_dir: Path, *extra: str) -> None:
 
 
 def test_overfits_twenty_pairs():
-    vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
-    batch = collate(encode_pairs(PAIRS, vocab))
-    torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(len(vocab), 64, 1, 1, 0.0, "general"))
-    step = TrainStep(model, make_optimizer(model, "adam", 3e-3, 2.0), clip=5.0)
-    for _ in range(250):
-        loss, _ = step(batch, teacher_forcing=True)
-    assert loss.item() < 0.05
-    assert evaluate_loss(model, [batch]) < 0.05
+    model, _, batch, loss = overfit_tiny_model()
+    assert loss < 0.05
+    assert teacher_forced_scores(model, [batch])[0] < 0.05
     replies = model.eval()(batch.src, batch.lengths, batch.tgt, teacher_forcing=False).argmax(-1)
     assert torch.equal(replies[batch.tgt != 0], batch.tgt[batch.tgt != 0])  # free-running, word for word
 
@@ -88,7 +82,7 @@ def test_checkpoints_round_trip_with_weights_only(pair_dir, tmp_path):
     assert last["iteration"] == 2 * (len(train_pairs) // 4)  # 2 epochs in batches of 4
     model, vocab = build_model(best)
     batch = collate(encode_pairs(read_pairs(pair_dir / "val.txt"), vocab))
-    assert evaluate_loss(model, [batch]) == pytest.approx(best["best_val_loss"], rel=1e-5)
+    assert teacher_forced_scores(model, [batch])[0] == pytest.approx(best["best_val_loss"], rel=1e-5)
     # the optimizer state comes back on the parameters' device
     optimizer = make_optimizer(model, "adam", 1e-4, 5.0)
     optimizer.load_state_dict(last["optimizer"])

@@ -1,0 +1,142 @@
+"""Measure a checkpoint on held-out pairs: loss, perplexity, token accuracy, and generated replies.
+
+    python evaluate.py                                    # best_model.pth on data/test.txt, greedy
+    python evaluate.py --decoding beam --beam-size 5 --output-json results/beam.json
+
+Teacher-forced figures (loss, perplexity, token accuracy) score the reference replies; the
+generation figures score what the bot actually says: corpus BLEU (sacrebleu), distinct-1/2,
+average reply length, and the share of the ten most frequent replies (how generic it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from tqdm import tqdm
+
+from seq2seq.batching import encode_pairs, iterate_batches
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.cli import (
+    ArgumentParser,
+    add_decoding_arguments,
+    decode_settings,
+    fail,
+    load_for_inference,
+    non_negative_int,
+    positive_int,
+)
+from seq2seq.cornell import CorpusError, read_pairs
+from seq2seq.decoding import reply_batch
+from seq2seq.files import write_text_atomic
+from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
+from seq2seq.training import TrainingError, perplexity, teacher_forced_scores
+from seq2seq.vocab import detokenize
+
+
+def make_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to evaluate")
+    p.add_argument(
+        "--test-data", default="data/test.txt", help="query<TAB>reply pairs (download_data.py writes them)"
+    )
+    add_decoding_arguments(p)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="pairs scored and replies generated at once"
+    )
+    p.add_argument("--limit", type=positive_int, help="use only the first N pairs")
+    p.add_argument("--samples", type=non_negative_int, default=5, help="sample exchanges to show")
+    p.add_argument("--output-json", metavar="PATH", help="also write every figure and the samples as JSON")
+    return p
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    model, vocab, checkpoint = load_for_inference(args)
+    settings = decode_settings(args, checkpoint)
+    pairs = read_pairs(args.test_data)[: args.limit]
+    if not pairs:
+        raise CorpusError(f"{args.test_data} holds no pairs")
+
+    loss, accuracy = teacher_forced_scores(
+        model, iterate_batches(encode_pairs(pairs, vocab), args.batch_size)
+    )
+    replies: list[list[str]] = []
+    with tqdm(total=len(pairs), unit="reply", desc=f"generating ({settings.method})", file=sys.stderr) as bar:
+        for start in range(0, len(pairs), args.batch_size):
+            queries = [query for query, _ in pairs[start : start + args.batch_size]]
+            replies += reply_batch(model, vocab, queries, settings)
+            bar.update(len(queries))
+    texts = [detokenize(tokens) for tokens in replies]
+    references = [detokenize(reply.split()) for _, reply in pairs]
+    return {
+        "model": args.model_path,
+        "test_data": args.test_data,
+        "pairs": len(pairs),
+        "decoding": asdict(settings),
+        "loss": loss,
+        "perplexity": perplexity(loss),
+        "token_accuracy": accuracy,
+        "bleu": corpus_bleu(texts, references),
+        "distinct_1": distinct_n(replies, 1),
+        "distinct_2": distinct_n(replies, 2),
+        "avg_reply_length": sum(map(len, replies)) / len(replies),
+        "top10_reply_share": top_replies_share(texts),
+        "unknown_words": {
+            "query_tokens": sum(len(vocab.unknown_words(q)) for q, _ in pairs),
+            "reference_tokens": sum(len(vocab.unknown_words(r)) for _, r in pairs),
+            "vocabulary": len(vocab),
+        },
+        "samples": [
+            {"query": detokenize(q.split()), "reference": ref, "reply": reply}
+            for (q, _), ref, reply in list(zip(pairs, references, texts))[: args.samples]
+        ],
+    }
+
+
+def format_report(r: dict) -> str:
+    unknown = r["unknown_words"]
+    rows = [
+        ("pairs", f"{r['pairs']:,}"),
+        ("loss (teacher-forced)", f"{r['loss']:.4f}"),
+        ("perplexity", f"{r['perplexity']:.2f}"),
+        ("token accuracy", f"{r['token_accuracy']:.2%}"),
+        (f"BLEU ({r['decoding']['method']})", f"{r['bleu']:.2f}"),
+        ("distinct-1", f"{r['distinct_1']:.4f}"),
+        ("distinct-2", f"{r['distinct_2']:.4f}"),
+        ("average reply length", f"{r['avg_reply_length']:.2f} tokens"),
+        ("top-10 replies' share", f"{r['top10_reply_share']:.2%}"),
+        (
+            "unknown words",
+            f"{unknown['query_tokens']:,} in queries, {unknown['reference_tokens']:,} in references",
+        ),
+    ]
+    lines = [f"{name:<24}{value}" for name, value in rows]
+    for sample in r["samples"]:
+        lines += [
+            "",
+            f"  > {sample['query']}",
+            f"    reference: {sample['reference']}",
+            f"    bot:       {sample['reply']}",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = make_parser().parse_args()
+    try:
+        results = evaluate(args)
+        if args.output_json:
+            write_text_atomic(args.output_json, json.dumps(results, indent=2) + "\n")
+    except (CheckpointError, CorpusError, TrainingError) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot write {args.output_json}: {error.strerror or error}")
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    print(format_report(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+from seq2seq.checkpoint import save_checkpoint
+from seq2seq.cornell import write_pairs
+from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.vocab import Vocabulary
+from tests.conftest import PAIRS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(checkpoint: Path, test_file: Path, *flags: str) -> dict:
+    return evaluate.evaluate(evaluate.make_parser().parse_args(
+        ["--model-path", str(checkpoint), "--test-data", str(test_file), "--device", "cpu", *flags]
+    ))  # fmt: skip
+
+
+@pytest.fixture
+def test_file(tmp_path) -> Path:
+    write_pairs(tmp_path / "test.txt", PAIRS)
+    return tmp_path / "test.txt"
+
+
+def test_metrics_by_hand():
+    replies = [["i", "am", "fine"], ["i", "am", "ok"], ["i", "am", "fine"]]
+    assert distinct_n(replies, 1) == pytest.approx(4 / 9)
+    assert distinct_n(replies, 2) == pytest.approx(3 / 6)  # (i am) (am fine) (am ok)
+    assert distinct_n([[]], 2) == 0.0
+    assert top_replies_share(["a", "b", "a", "c"], top=1) == 0.5
+    assert corpus_bleu(["i am fine ."], ["i am fine ."]) == pytest.approx(100)
+    assert corpus_bleu(["nothing alike here"], ["i am fine ."]) < 5
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam"])
+def test_overfit_model_scores_near_perfect(trained_checkpoint, test_file, decoding):
+    r = run(trained_checkpoint, test_file, "--decoding", decoding, "--batch-size", "7")
+    assert r["pairs"] == len(PAIRS)
+    assert r["perplexity"] < 1.1 and r["token_accuracy"] > 0.99
+    assert r["bleu"] > 95
+    assert r["top10_reply_share"] == pytest.approx(10 / 20)  # every reply distinct
+    assert r["samples"][0] == {"query": "hello.", "reference": "hi there.", "reply": "hi there."}
+
+
+def test_untrained_model_is_as_perplexed_as_the_vocabulary_is_large(tmp_path, test_file):
+    vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(len(vocab), 16, 1, 1, 0.0, "dot"))
+    payload = {"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": vocab.to_dict()}
+    save_checkpoint(tmp_path / "untrained.pth", payload)
+    r = run(tmp_path / "untrained.pth", test_file)
+    assert len(vocab) / 1.5 < r["perplexity"] < len(vocab) * 1.5
+
+
+def test_foreign_vocabulary_still_evaluates_and_counts_unknown_words(trained_checkpoint, tmp_path):
+    write_pairs(
+        tmp_path / "other.txt", [("where is the spaceship ?", "on mars ."), ("hello .", "hi there .")]
+    )
+    r = run(trained_checkpoint, tmp_path / "other.txt", "--limit", "2")
+    assert r["unknown_words"]["query_tokens"] == 2 and r["unknown_words"]["reference_tokens"] == 2
+    assert r["pairs"] == 2 and r["perplexity"] > 1
+
+
+def test_script_json_round_trip_and_table(trained_checkpoint, test_file, tmp_path):
+    out = tmp_path / "results" / "eval.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--model-path", str(trained_checkpoint), "--test-data",
+         str(test_file), "--output_json", str(out), "--samples", "2", "--device", "cpu"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads(out.read_text())
+    assert f"{saved['perplexity']:.2f}" in result.stdout and f"{saved['bleu']:.2f}" in result.stdout
+    assert len(saved["samples"]) == 2 and "> how are you?" in result.stdout
+
+
+def test_malformed_file_names_the_line(trained_checkpoint, tmp_path):
+    (tmp_path / "bad.txt").write_text("hello .\thi there .\nthis line has no tab\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--model-path", str(trained_checkpoint), "--test-data",
+         str(tmp_path / "bad.txt")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "bad.txt:2:" in result.stderr and result.stderr.strip().count("\n") == 0
