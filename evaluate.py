@@ -44,7 +44,7 @@ def make_parser() -> ArgumentParser:
     )
     add_decoding_arguments(p)
     p.add_argument(
-        "--batch-size", type=positive_int, default=64, help="pairs scored and replies generated at once"
+        "--batch-size", type=positive_int, default=512, help="pairs scored and replies generated at once"
     )
     p.add_argument("--limit", type=positive_int, help="use only the first N pairs")
     p.add_argument("--samples", type=non_negative_int, default=5, help="sample exchanges to show")
