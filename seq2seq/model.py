@@ -218,11 +218,6 @@ class Seq2Seq(nn.Module):
         return torch.cat(steps, dim=1)
 
 
-def sequence_loss(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def sequence_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Mean cross-entropy over the non-PAD target tokens (the tutorial's masked NLL, per token)."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        target.reshape(-1),
-        ignore_index=PAD,
-        label_smoothing=label_smoothing,
-    )
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=PAD)

@@ -1,0 +1,111 @@
+"""Profile a checkpoint with torch.profiler: each part's share of a training step or a reply.
+
+    python profile.py                                  # best_model.pth, training and inference
+    python profile.py --mode train --steps 10 --trace-path traces/train.json --report profile.md
+
+This file shares its name with the standard library's `profile` module. Scripts run with the
+repository root first on sys.path, so `import profile` anywhere (cProfile does it, and
+`torch.compile` imports cProfile) would load this file instead. When imported rather than run,
+it therefore replaces itself with the standard library's module and does nothing else.
+"""
+
+import sys
+
+if __name__ != "__main__":
+    import importlib.util
+    import sysconfig
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location(
+        "profile", Path(sysconfig.get_paths()["stdlib"]) / "profile.py"
+    )
+    _stdlib_profile = importlib.util.module_from_spec(_spec)
+    sys.modules["profile"] = _stdlib_profile  # what the importer receives
+    _spec.loader.exec_module(_stdlib_profile)
+
+
+def train_work(model, batch):
+    """One teacher-forced training step of the default recipe (the weights change in memory only)."""
+    from seq2seq.training import TrainStep, make_optimizer
+
+    step = TrainStep(model.train(), make_optimizer(model, "adam", 1e-4, 5.0), clip=50.0)
+    return lambda: step(batch, teacher_forcing=True)
+
+
+def inference_work(model, batch, checkpoint):
+    """Greedy replies to the whole batch, as evaluate.py generates them."""
+    from seq2seq.decoding import DecodeSettings, decode
+
+    settings = DecodeSettings(max_length=checkpoint.get("args", {}).get("max_length", 10))
+    device = next(model.parameters()).device
+    return lambda: decode(model, batch.src.to(device), batch.lengths, settings)
+
+
+def main() -> None:
+    import torch
+
+    from seq2seq.batching import encode_pairs, iterate_batches
+    from seq2seq.checkpoint import CheckpointError
+    from seq2seq.cli import ArgumentParser, fail, load_for_inference, positive_int
+    from seq2seq.cornell import CorpusError, read_pairs
+    from seq2seq.files import write_text_atomic
+    from seq2seq.profiling import format_report, plot_breakdown, run_profile
+    from seq2seq.training import TrainingError
+
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to profile")
+    p.add_argument("--mode", choices=("inference", "train", "both"), default="both", help="what to profile")
+    p.add_argument(
+        "--steps", type=positive_int, default=5, help="profiled steps (after a skipped and a warm-up step)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="pairs in a training batch or a reply batch"
+    )
+    p.add_argument(
+        "--data", default="data/val.txt", help="pairs to feed (random ones when the file is missing)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to run")
+    p.add_argument("--trace-path", help="write a Chrome/Perfetto trace (JSON) of the last mode profiled here")
+    p.add_argument("--report", help="write the markdown report here (it is printed either way)")
+    p.add_argument("--with-stack", action="store_true", help="record Python stacks (slower; for the trace)")
+    p.add_argument("--plot", default="images/profile_breakdown.png", help="bar chart of the shares")
+    args = p.parse_args()
+    args.precision = "fp32"
+    try:
+        model, vocab, checkpoint = load_for_inference(args)
+        try:
+            pairs = read_pairs(args.data)
+        except CorpusError:
+            print(f"{args.data} not found: profiling on random pairs", file=sys.stderr)
+            generator = torch.Generator().manual_seed(0)
+            words = vocab.index_to_word[4:]
+            pairs = [
+                tuple(
+                    " ".join(words[i] for i in torch.randint(len(words), (6,), generator=generator))
+                    for _ in "qa"
+                )
+                for _ in range(args.batch_size)
+            ]
+        batch = iterate_batches(encode_pairs(pairs[: args.batch_size], vocab), args.batch_size)[0]
+        profiles = []
+        modes = ["train", "inference"] if args.mode == "both" else [args.mode]
+        for mode in modes:
+            trace = args.trace_path if mode == modes[-1] else None
+            work = train_work(model, batch) if mode == "train" else inference_work(model, batch, checkpoint)
+            profiles.append(run_profile(mode, work, model, args.steps, trace, args.with_stack))
+        report = format_report(profiles, f"{args.model_path}, batch {batch.src.size(0)}")
+        if args.report:
+            write_text_atomic(args.report, report + "\n")
+        plot_breakdown(profiles, args.plot)
+    except (CheckpointError, TrainingError) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot write: {error}")
+    print(report)
+    print(
+        f"\nchart: {args.plot}" + (f", trace: {args.trace_path}" if args.trace_path else ""), file=sys.stderr
+    )
+
+
+if __name__ == "__main__":
+    main()
