@@ -33,6 +33,7 @@ from seq2seq.cli import (
 )
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.model import ATTENTION_SCORES, ModelConfig, Seq2Seq
+from seq2seq.tracking import WANDB_MODES, WandbLogger
 from seq2seq.training import (
     OPTIMIZERS,
     PRECISIONS,
@@ -51,7 +52,9 @@ from seq2seq.vocab import Vocabulary
 ARCHITECTURE = ("hidden_size", "encoder_layers", "decoder_layers", "attn_model", "dropout")
 RESUME_KEYS = ("args", "optimizer", "rng", "iteration", "history", "best_val_loss", "best_iteration")
 # flags about this machine and this invocation, never taken from a checkpoint being resumed
-MACHINE_FLAGS = ("resume", "device", "num_threads", "compile", "save_dir", "plot", "source", "url")
+MACHINE_FLAGS = ("resume", "device", "num_threads", "compile", "save_dir", "plot", "source", "url",
+                 "use_wandb", "wandb_project", "wandb_entity", "wandb_mode")  # fmt: skip
+SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
 
 
 def make_parser() -> ArgumentParser:
@@ -107,6 +110,11 @@ def make_parser() -> ArgumentParser:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--num-threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--use-wandb", action="store_true", help="log to Weights & Biases (see README)")
+    p.add_argument("--wandb-project", default="chatbot-seq2seq", help="W&B project")
+    p.add_argument("--wandb-entity", help="W&B entity (user or team; default: yours)")
+    p.add_argument("--wandb-mode", choices=WANDB_MODES,
+                   help="default: online with an API key, else offline with a notice")  # fmt: skip
     p.add_argument(
         "--plot",
         nargs="?",
@@ -161,16 +169,18 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None):
                 f"cannot read {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
             ) from None
     train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, args.max_length)
-    val = encode_pairs(read_pairs(data_dir / "val.txt"), vocab, args.max_length)
+    val_pairs = read_pairs(data_dir / "val.txt")
+    val = encode_pairs(val_pairs, vocab, args.max_length)
     if not val:
         raise CorpusError(
             f"{data_dir}/val.txt has no pairs of at most {args.max_length} tokens to validate on"
         )
-    return vocab, train, val
+    return vocab, train, val, [query for query, _ in val_pairs[:SAMPLE_QUERIES]]
 
 
-def setup(args: argparse.Namespace, checkpoint: dict | None) -> Trainer:
-    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming)."""
+def setup(args: argparse.Namespace, checkpoint: dict | None) -> tuple[Trainer, list[str]]:
+    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming); also
+    the first validation queries, for sample replies."""
     device = resolve_device(args.device)
     check_precision(args.precision, device)
     if args.num_threads:
@@ -180,7 +190,7 @@ def setup(args: argparse.Namespace, checkpoint: dict | None) -> Trainer:
     else:
         torch.manual_seed(args.seed)
         vocab = None
-    vocab, train, val = load_data(args, vocab)
+    vocab, train, val, sample_queries = load_data(args, vocab)
     if not checkpoint:
         config = ModelConfig(len(vocab), args.hidden_size, args.encoder_layers, args.decoder_layers,
                              args.dropout, args.attn_model)  # fmt: skip
@@ -209,24 +219,37 @@ def setup(args: argparse.Namespace, checkpoint: dict | None) -> Trainer:
     )
     saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
     val_batches = iterate_batches(val, args.batch_size)
-    return Trainer(step, vocab, train, val_batches, loop, args.save_dir, saved_args, state)
+    return Trainer(step, vocab, train, val_batches, loop, args.save_dir, saved_args, state), sample_queries
+
+
+def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = ()) -> tuple[Trainer, str]:
+    """Set up and run training (with W&B when asked); return the trainer and why it stopped."""
+    logger = WandbLogger(args) if args.use_wandb else None  # may take a sweep agent's values
+    trainer, sample_queries = setup(args, checkpoint)
+    trainer.observers += observers
+    if logger:
+        logger.watch(trainer, sample_queries, args)
+    try:
+        reason = trainer.run()
+    finally:
+        if args.plot:
+            title = f"{args.attn_model} attention, hidden {args.hidden_size}, {args.precision}"
+            plot_losses(trainer.state.history, args.plot, title)
+        if logger:
+            logger.finish(args.plot)
+    return trainer, reason
 
 
 def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
     try:
         args, checkpoint = parse_args(argv)
-        trainer = setup(args, checkpoint)
-        started = time.perf_counter()
-        reason = trainer.run()
+        trainer, reason = train(args, checkpoint)
     except (CheckpointError, CorpusError, TrainingError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted before a checkpoint could be written", 130)
     s = trainer.state
-    if args.plot:
-        plot_losses(
-            s.history, args.plot, f"{args.attn_model} attention, hidden {args.hidden_size}, {args.precision}"
-        )
     print(
         f"{reason} at iteration {s.iteration} after {time.perf_counter() - started:.0f}s; best validation loss "
         f"{s.best_val_loss:.4f} (perplexity {perplexity(s.best_val_loss):.2f}) at iteration {s.best_iteration}; "

@@ -97,12 +97,23 @@ def _sample(scores: Tensor, settings: DecodeSettings, generator: torch.Generator
 
 @torch.no_grad()
 def decode(model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings) -> Replies:
-    """Replies to a batch of encoded queries (src (B, S) on the model's device)."""
+    """Replies to a batch of encoded queries (src (B, S) on the model's device).
+
+    The model decodes in eval mode (no dropout) and is handed back in the mode it came in.
+    """
+    was_training = model.training
     model.eval()
+    try:
+        return _greedy_or_sample(model, src, lengths, settings)
+    finally:
+        model.train(was_training)
+
+
+def _greedy_or_sample(model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings) -> Replies:
     memory, hidden = model.encode(src, lengths)
     if settings.method == "beam":
         return _beam_search(model, memory, hidden, settings)
-    generator = None
+    generator = None  # greedy, or sampling from a seeded generator of its own
     if settings.method == "sample" and settings.seed is not None:
         generator = torch.Generator(device=src.device).manual_seed(settings.seed)
     batch = src.size(0)

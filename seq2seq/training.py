@@ -167,7 +167,12 @@ class TrainState:
 
 
 class Trainer:
-    """Runs a TrainStep over a BatchSchedule, validating and checkpointing as it goes."""
+    """Runs a TrainStep over a BatchSchedule, validating and checkpointing as it goes.
+
+    Observers (W&B logging, a sweep's pruner) may define `after_steps(iteration, metrics)`,
+    called with running training metrics every 10 iterations, and `after_validation(iteration,
+    loss)`; an exception raised there stops the run.
+    """
 
     def __init__(
         self,
@@ -179,10 +184,12 @@ class Trainer:
         save_dir: str | Path,
         args: dict,
         state: TrainState | None = None,
+        observers: tuple = (),
     ):
         self.step, self.vocab, self.examples, self.val_batches = step, vocab, train_examples, val_batches
         self.loop, self.save_dir, self.args = loop, Path(save_dir), args
         self.state = state or TrainState()
+        self.observers = list(observers)
         self.schedule = BatchSchedule(len(train_examples), loop.batch_size, loop.seed)
         self._stop_requested = False
 
@@ -244,7 +251,14 @@ class Trainer:
             self.save("best_model.pth")
         else:
             s.evals_without_improvement += 1
+        self._notify("after_validation", s.iteration, loss)
         return loss
+
+    def _notify(self, event: str, *args) -> None:
+        for observer in self.observers:
+            handler = getattr(observer, event, None)
+            if handler is not None:
+                handler(*args)
 
     def _request_stop(self, signum, frame) -> None:
         if self._stop_requested:  # a second Ctrl-C stops at once, without saving
@@ -268,7 +282,7 @@ class Trainer:
                 batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
                 teacher_forcing = bool(torch.rand(()) < loop.teacher_forcing_ratio)
                 try:
-                    loss, _ = self.step(batch, teacher_forcing)
+                    loss, grad_norm = self.step(batch, teacher_forcing)
                 except TrainingError as error:
                     raise TrainingError(
                         f"{error} (stopped at iteration {s.iteration + 1}; saved checkpoints are untouched)"
@@ -280,11 +294,19 @@ class Trainer:
                 window[2] += batch.n_tokens
                 bar.update(1)
                 if window[1] == 10 or s.iteration == loop.iterations:
+                    metrics = {
+                        "train/loss": window[0] / window[1],
+                        "train/tokens_per_s": window[2] / (time.perf_counter() - window[3]),
+                        "train/grad_norm": grad_norm.item(),
+                        "train/lr_encoder": self.step.optimizer.param_groups[0]["lr"],
+                        "train/lr_decoder": self.step.optimizer.param_groups[1]["lr"],
+                    }
                     bar.set_postfix(
-                        loss=f"{window[0] / window[1]:.3f}",
-                        tok_s=f"{window[2] / (time.perf_counter() - window[3]):,.0f}",
+                        loss=f"{metrics['train/loss']:.3f}",
+                        tok_s=f"{metrics['train/tokens_per_s']:,.0f}",
                         best_val=f"{s.best_val_loss:.3f}" if s.best_val_loss < math.inf else "-",
                     )
+                    self._notify("after_steps", s.iteration, metrics)
                     window = [0.0, 0, 0, time.perf_counter()]
                 if s.iteration % loop.eval_every == 0:
                     val = self.validate()

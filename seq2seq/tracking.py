@@ -1,0 +1,98 @@
+"""Optional experiment tracking with Weights & Biases.
+
+Nothing here imports wandb until a run asks for it (`train.py --use-wandb`). Logged names:
+
+    train/loss, train/tokens_per_s, train/grad_norm,   every 10 iterations (running means)
+    train/lr_encoder, train/lr_decoder
+    val_loss, val_perplexity, samples                  at each validation (samples: a wandb.Table
+                                                       of replies to the first validation queries)
+    summary: best_val_loss, best_iteration; media: loss_plot (when --plot is given)
+
+`val_loss` is the metric a sweep minimises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import netrc
+import os
+import sys
+
+from .decoding import DecodeSettings, reply_batch
+from .training import Trainer, perplexity
+from .vocab import detokenize
+
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_HOST = "api.wandb.ai"
+
+
+def _has_api_key() -> bool:
+    """Whether wandb would find credentials: the WANDB_API_KEY variable or a ~/.netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(WANDB_HOST) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str | None) -> str:
+    """--wandb-mode, else WANDB_MODE, else online with credentials and offline without them."""
+    if mode:
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if _has_api_key():
+        return "online"
+    print(
+        "no W&B API key found: logging offline to ./wandb (upload later with `wandb sync`)", file=sys.stderr
+    )
+    return "offline"
+
+
+class WandbLogger:
+    """A W&B run observing a Trainer (see Trainer's observers)."""
+
+    def __init__(self, args: argparse.Namespace):
+        """Start the run. Under `wandb agent` the run's config holds the trial's values; they
+        override the parsed flags, so a sweep works whether or not its command passes them."""
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=args.wandb_project,
+            entity=args.wandb_entity,
+            mode=resolve_mode(args.wandb_mode),
+            config=vars(args),
+        )
+        for key, value in dict(self.run.config).items():
+            if hasattr(args, key) and getattr(args, key) != value:
+                setattr(args, key, value)
+        self.trainer: Trainer | None = None
+        self.queries: list[str] = []
+
+    def watch(self, trainer: Trainer, sample_queries: list[str], args: argparse.Namespace) -> None:
+        """Observe `trainer`, showing replies to `sample_queries` at each validation."""
+        self.trainer, self.queries = trainer, sample_queries
+        trainer.observers.append(self)
+        self.run.config.update(vars(args), allow_val_change=True)  # with values resolved by setup
+
+    def after_steps(self, iteration: int, metrics: dict) -> None:
+        self.run.log(metrics, step=iteration)
+
+    def after_validation(self, iteration: int, loss: float) -> None:
+        model, vocab = self.trainer.step.model, self.trainer.vocab
+        replies = reply_batch(model, vocab, self.queries, DecodeSettings()) if self.queries else []
+        table = self.wandb.Table(columns=["iteration", "query", "reply"])
+        for query, reply in zip(self.queries, replies):
+            table.add_data(iteration, detokenize(query.split()), detokenize(reply))
+        self.run.log({"val_loss": loss, "val_perplexity": perplexity(loss), "samples": table}, step=iteration)
+
+    def finish(self, plot_path: str | None) -> None:
+        state = self.trainer.state if self.trainer else None
+        if state is not None:
+            self.run.summary["best_val_loss"] = state.best_val_loss
+            self.run.summary["best_iteration"] = state.best_iteration
+        if plot_path and os.path.exists(plot_path):
+            self.run.log({"loss_plot": self.wandb.Image(plot_path)})
+        self.run.finish()

@@ -1,0 +1,191 @@
+"""Run sweep_config.yaml's search without a W&B server: Optuna, with a study kept in a database.
+
+    python sweep.py --config sweep_config.yaml --trials 20
+    python sweep.py --trials 20 --storage postgresql://user:pw@host/db --study-name big  # many machines
+    python sweep.py --trials 5 --iterations 300 --hidden-size 256                         # fixed flags
+
+Optuna's TPE sampler replaces W&B's Bayesian search; a Hyperband pruner fed with each trial's
+validation losses replaces W&B's hyperband early termination. The study lives in SQLite
+(sweeps.db) by default, so a killed sweep resumes where it stopped; any SQLAlchemy URL lets
+several machines share one study. Any other flag is a train.py flag, passed to every trial.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+import yaml
+
+import train
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
+from seq2seq.cornell import CorpusError
+from seq2seq.files import atomic_path
+from seq2seq.training import TrainingError
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def read_config(path: str) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        config["parameters"], config["metric"]["goal"]  # noqa: B018 - the keys a sweep needs
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        fail(f"cannot use {path} as a sweep configuration: {error}")
+    return config
+
+
+def suggest(trial: optuna.Trial, name: str, spec: dict):
+    """One value for a parameter, from its W&B sweep specification."""
+    if "value" in spec:
+        return spec["value"]
+    if "values" in spec:
+        return trial.suggest_categorical(name, spec["values"])
+    kind = spec.get("distribution", "int_uniform" if isinstance(spec.get("min"), int) else "uniform")
+    if kind in ("log_uniform_values", "uniform", "int_uniform", "q_uniform"):
+        low, high, log = spec["min"], spec["max"], kind == "log_uniform_values"
+        if kind == "int_uniform":
+            return trial.suggest_int(name, low, high)
+        return trial.suggest_float(name, float(low), float(high), log=log)
+    raise ValueError(f"parameter {name}: distribution {kind!r} is not supported by sweep.py")
+
+
+def fixed_flags(config: dict) -> list[str]:
+    """The literal train.py flags of the config's `command` (W&B's ${...} macros left out)."""
+    return [a for a in config.get("command", []) if a.startswith("--") and a != "--use-wandb"]
+
+
+class Pruner:
+    """A Trainer observer that reports validation losses to Optuna and stops hopeless trials."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def after_validation(self, iteration: int, loss: float) -> None:
+        self.trial.report(loss, step=iteration)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"validation loss {loss:.4f} at iteration {iteration}")
+
+
+def objective(config: dict, passed: list[str], use_wandb: bool, save_root: Path):
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {name: suggest(trial, name, spec) for name, spec in config["parameters"].items()}
+        with tempfile.TemporaryDirectory(dir=save_root, prefix=f"trial-{trial.number}-") as save_dir:
+            argv = [
+                *fixed_flags(config),
+                *passed,
+                *(f"--{k}={v}" for k, v in values.items()),
+                f"--save-dir={save_dir}",
+            ]
+            argv += ["--use-wandb"] if use_wandb else []
+            print(f"trial {trial.number}: train.py {shlex.join(argv)}", file=sys.stderr)
+            args, _ = train.parse_args(argv)
+            trainer, reason = train.train(args, None, observers=(Pruner(trial),))
+        if reason == "interrupted":  # Ctrl-C: the trial is not finished, and neither is the sweep
+            raise KeyboardInterrupt
+        return trainer.state.best_val_loss
+
+    return run_trial
+
+
+def write_plots(study: optuna.Study, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    for name, draw in [("sweep_parallel_coordinates.png", optuna_plots.plot_parallel_coordinate),
+                       ("sweep_importance.png", optuna_plots.plot_param_importances)]:  # fmt: skip
+        axes = draw(study)
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        with atomic_path(folder / name) as tmp:
+            figure.savefig(tmp, format="png", dpi=110)
+        plt.close(figure)
+
+
+def main() -> None:
+    parser = ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Other flags go to train.py for every trial."
+    )
+    parser.add_argument("--config", default="sweep_config.yaml", help="a W&B sweep configuration")
+    parser.add_argument(
+        "--trials", type=positive_int, required=True, help="finished trials the study should hold"
+    )
+    parser.add_argument(
+        "--timeout", type=non_negative_int, help="stop starting trials after this many seconds"
+    )
+    parser.add_argument(
+        "--storage", default="sqlite:///sweeps.db", help="SQLAlchemy URL of the study database"
+    )
+    parser.add_argument("--study-name", help="default: chatbot-seq2seq-<config file name>")
+    parser.add_argument("--use-wandb", action="store_true", help="log every trial to W&B (grouped by study)")
+    parser.add_argument("--images", default="images", help="folder for the two sweep plots")
+    args, passed = parser.parse_known_args()
+    train.make_parser().parse_args(passed)  # a mistyped train.py flag fails now, not in trial 0
+    config = read_config(args.config)
+    study_name = args.study_name or f"chatbot-seq2seq-{Path(args.config).stem}"
+    direction = "minimize" if config["metric"]["goal"] == "minimize" else "maximize"
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(
+        args.storage,
+        heartbeat_interval=60,  # a trial left RUNNING by a killed sweep is failed, then retried
+        grace_period=120,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+    )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=0),
+        pruner=optuna.pruners.HyperbandPruner(),
+        load_if_exists=True,
+    )
+    done = sum(t.state in FINISHED for t in study.trials)
+    remaining = args.trials - done
+    print(
+        f"study {study_name} in {args.storage}: {done} trials finished, {max(0, remaining)} to run",
+        file=sys.stderr,
+    )
+    if args.use_wandb:
+        os.environ.setdefault("WANDB_RUN_GROUP", study_name)
+    if remaining > 0:
+        try:
+            study.optimize(
+                objective(config, passed, args.use_wandb, Path(tempfile.gettempdir())),
+                n_trials=remaining,
+                timeout=args.timeout,
+                catch=(TrainingError,),  # a diverging trial fails alone
+            )
+        except (CheckpointError, CorpusError) as error:
+            fail(str(error))
+        except KeyboardInterrupt:
+            fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        fail("no trial finished, so there is no best configuration")
+    best = study.best_trial
+    print(f"best trial {best.number}: {config['metric']['name']} {best.value:.4f} "
+          f"(perplexity {math.exp(min(best.value, 50)):.2f})")  # fmt: skip
+    print("  " + " ".join(f"--{k}={v}" for k, v in best.params.items()))
+    if len(complete) >= 2:
+        importances = optuna.importance.get_param_importances(study)
+        print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
+        write_plots(study, Path(args.images))
+        print(f"plots: {args.images}/sweep_parallel_coordinates.png, {args.images}/sweep_importance.png")
+
+
+if __name__ == "__main__":
+    main()

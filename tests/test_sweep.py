@@ -1,0 +1,102 @@
+"""W&B logging (offline, disabled, absent) and sweeps, with and without a W&B server."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4",
+        "--device", "cpu", "--eval-every", "2"]  # fmt: skip
+
+
+def env(tmp_path: Path) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return {**clean, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+
+
+def run(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, env=env(tmp_path),
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_offline_run_writes_a_run_folder_without_an_api_key(pair_dir, tmp_path):
+    result = run(
+        "train.py",
+        [*TINY, "--data-dir", str(pair_dir), "--iterations", "4", "--use-wandb", "--plot"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no W&B API key found: logging offline" in result.stderr
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_disabled_run_writes_nothing(pair_dir, tmp_path):
+    result = run("train.py", [*TINY, "--data-dir", str(pair_dir), "--iterations", "2", "--use-wandb",
+                              "--wandb-mode", "disabled"], tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_without_use_wandb_nothing_imports_it(pair_dir, tmp_path):
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import train; "
+            f"train.main({[*TINY, '--data-dir', str(pair_dir), '--iterations', '2', '--save-dir', str(tmp_path)]!r}); "
+            "print('wandb imported' if 'wandb' in sys.modules else 'no wandb')")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("no wandb")
+
+
+def test_every_sweep_parameter_is_a_train_flag_in_the_agents_spelling():
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    assert config["program"] == "train.py" and config["metric"] == {"name": "val_loss", "goal": "minimize"}
+    parser = train.make_parser()
+    for name, spec in config["parameters"].items():
+        value = spec["values"][-1] if "values" in spec else spec["max"]
+        args = parser.parse_args([f"--{name}={value}"])
+        assert str(getattr(args, name)) == str(value) or getattr(args, name) == float(value), name
+    fixed = [a for a in config["command"] if a.startswith("--")]
+    parser.parse_args(fixed)  # the command's own flags are train.py flags too
+
+
+def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
+    flags = ["--config", str(ROOT / "sweep_config.yaml"), "--images", str(tmp_path / "images"),
+             "--data-dir", str(pair_dir), *TINY, "--iterations", "4", "--save-every", "4"]  # fmt: skip
+    first = run("sweep.py", [*flags, "--trials", "1"], tmp_path)  # a sweep that stopped after one trial
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "best trial 0" in first.stdout
+    db = sqlite3.connect(tmp_path / "sweeps.db")
+    first_params = db.execute(
+        "SELECT param_name, param_value FROM trial_params WHERE trial_id = 1"
+    ).fetchall()
+    db.close()
+
+    second = run("sweep.py", [*flags, "--trials", "3"], tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 trials finished, 2 to run" in second.stderr
+    assert "trial 0:" not in second.stderr  # not repeated
+    db = sqlite3.connect(tmp_path / "sweeps.db")
+    states = [s for (s,) in db.execute("SELECT state FROM trials ORDER BY number")]
+    assert states == ["COMPLETE"] * 3 or (len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"})
+    assert (
+        db.execute("SELECT param_name, param_value FROM trial_params WHERE trial_id = 1").fetchall()
+        == first_params
+    )
+    db.close()
+    assert "parameter importances:" in second.stdout
+    for name in ("sweep_parallel_coordinates.png", "sweep_importance.png"):
+        assert (tmp_path / "images" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_refuses_a_mistyped_train_flag(tmp_path):
+    result = run("sweep.py", ["--config", str(ROOT / "sweep_config.yaml"), "--trials", "1", "--lerning-rate", "0.1"],
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
