@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq import distributed
 from seq2seq.batching import encode_pairs, iterate_batches
 from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint
 from seq2seq.cli import (
@@ -27,6 +28,7 @@ from seq2seq.cli import (
     dropout_rate,
     fail,
     non_negative_int,
+    pair_settings,
     positive_float,
     positive_int,
     probability,
@@ -156,10 +158,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     return args, checkpoint
 
 
-def load_data(args: argparse.Namespace, vocab: Vocabulary | None):
-    """Build data/ if it is missing or cut differently from the flags; return the vocabulary
-    (data/vocab.json unless resuming) and the encoded training and validation examples."""
-    build_data(args)
+def load_data(args: argparse.Namespace, vocab: Vocabulary | None, world: distributed.World):
+    """Build data/ if it is missing or cut differently from the flags (rank 0 builds, the others
+    wait); return the vocabulary (data/vocab.json unless resuming), the encoded training and
+    validation examples, and the first validation queries."""
+    if world.is_main:
+        build_data(args)
+    distributed.barrier()
+    if not world.is_main:
+        pair_settings(args)  # the flags as rank 0 resolved them
     data_dir = Path(args.data_dir)
     if vocab is None:
         try:
@@ -178,26 +185,29 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None):
     return vocab, train, val, [query for query, _ in val_pairs[:SAMPLE_QUERIES]]
 
 
-def setup(args: argparse.Namespace, checkpoint: dict | None) -> tuple[Trainer, list[str]]:
+def setup(
+    args: argparse.Namespace, checkpoint: dict | None, device: torch.device, world: distributed.World
+) -> tuple[Trainer, list[str]]:
     """Data, model, optimizer and loop from the flags (and the checkpoint when resuming); also
     the first validation queries, for sample replies."""
-    device = resolve_device(args.device)
     check_precision(args.precision, device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if checkpoint:
         model, vocab = build_model(checkpoint, device)
     else:
-        torch.manual_seed(args.seed)
+        torch.manual_seed(args.seed)  # every rank builds the same model (DDP also broadcasts rank 0's)
         vocab = None
-    vocab, train, val, sample_queries = load_data(args, vocab)
+    vocab, train, val, sample_queries = load_data(args, vocab, world)
     if not checkpoint:
         config = ModelConfig(len(vocab), args.hidden_size, args.encoder_layers, args.decoder_layers,
                              args.dropout, args.attn_model)  # fmt: skip
         model = Seq2Seq(config).to(device)
-    batches_per_epoch = len(train) // args.batch_size
+    batches_per_epoch = len(train) // (args.batch_size * world.size)
     if batches_per_epoch == 0:
-        raise CorpusError(f"{len(train)} training pairs are fewer than one batch of {args.batch_size}")
+        raise CorpusError(
+            f"{len(train)} training pairs are fewer than one batch of {args.batch_size * world.size}"
+        )
     if args.epochs:
         args.iterations, args.epochs = args.epochs * batches_per_epoch, None
     rates = (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
@@ -206,17 +216,21 @@ def setup(args: argparse.Namespace, checkpoint: dict | None) -> tuple[Trainer, l
     state = Trainer.restore(checkpoint, step) if checkpoint else None
     for group, lr in zip(optimizer.param_groups, rates):
         group["lr"] = lr  # a resumed run may be given new rates
+    if world.size > 1:  # dropout masks differ between ranks (and after a resume, which restored one state)
+        torch.manual_seed(args.seed + 7919 * world.rank + (state.iteration if state else 0))
     if args.compile:
         model.compile(dynamic=True)
     loop = LoopSettings(args.iterations, args.batch_size, args.teacher_forcing_ratio, args.eval_every,
                         args.save_every, args.patience, args.seed)  # fmt: skip
-    print(
-        f"{f'resuming {args.resume} at iteration {state.iteration}' if state else 'training'}: "
-        f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
-        f"{len(vocab):,} words, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-        f"{device}, {args.precision}",
-        file=sys.stderr,
-    )
+    if world.is_main:
+        print(
+            f"{f'resuming {args.resume} at iteration {state.iteration}' if state else 'training'}"
+            f"{f' on {world.size} ranks, batch {args.batch_size} each' if world.size > 1 else ''}: "
+            f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
+            f"{len(vocab):,} words, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+            f"{device}, {args.precision}",
+            file=sys.stderr,
+        )
     saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
     val_batches = iterate_batches(val, args.batch_size)
     return Trainer(step, vocab, train, val_batches, loop, args.save_dir, saved_args, state), sample_queries
@@ -224,15 +238,18 @@ def setup(args: argparse.Namespace, checkpoint: dict | None) -> tuple[Trainer, l
 
 def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = ()) -> tuple[Trainer, str]:
     """Set up and run training (with W&B when asked); return the trainer and why it stopped."""
-    logger = WandbLogger(args) if args.use_wandb else None  # may take a sweep agent's values
-    trainer, sample_queries = setup(args, checkpoint)
+    world, device = distributed.init_from_env(resolve_device(args.device))
+    logger = (
+        WandbLogger(args) if args.use_wandb and world.is_main else None
+    )  # may take a sweep agent's values
+    trainer, sample_queries = setup(args, checkpoint, device, world)
     trainer.observers += observers
     if logger:
         logger.watch(trainer, sample_queries, args)
     try:
         reason = trainer.run()
     finally:
-        if args.plot:
+        if args.plot and world.is_main:
             title = f"{args.attn_model} attention, hidden {args.hidden_size}, {args.precision}"
             plot_losses(trainer.state.history, args.plot, title)
         if logger:
@@ -249,7 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(error))
     except KeyboardInterrupt:
         fail("interrupted before a checkpoint could be written", 130)
+    finally:
+        distributed.shutdown()
     s = trainer.state
+    if not trainer.world.is_main:
+        raise SystemExit(130 if reason == "interrupted" else 0)
     print(
         f"{reason} at iteration {s.iteration} after {time.perf_counter() - started:.0f}s; best validation loss "
         f"{s.best_val_loss:.4f} (perplexity {perplexity(s.best_val_loss):.2f}) at iteration {s.best_iteration}; "

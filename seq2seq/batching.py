@@ -54,15 +54,19 @@ def iterate_batches(examples: list[Example], batch_size: int) -> list[Batch]:
 class BatchSchedule:
     """Which examples form training batch number `i`: a pure function of (seed, i).
 
-    Each epoch is a fresh seeded permutation cut into full batches, so any iteration's batch can
-    be found again after a resume without saving sampler state.
+    Each epoch is a fresh seeded permutation cut into full global batches of `batch_size` ×
+    `world_size` examples, so any iteration's batch can be found again after a resume without
+    saving sampler state. Under torchrun, rank r trains on the r-th slice of each global batch
+    (a distributed sampler without its state): N ranks see exactly the examples one process with
+    batch N × batch_size would.
     """
 
-    def __init__(self, n_examples: int, batch_size: int, seed: int):
-        if n_examples < batch_size:
-            raise ValueError(f"{n_examples} training pairs are fewer than one batch of {batch_size}")
-        self.n_examples, self.batch_size, self.seed = n_examples, batch_size, seed
-        self.batches_per_epoch = n_examples // batch_size
+    def __init__(self, n_examples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.global_batch = batch_size * world_size
+        if n_examples < self.global_batch:
+            raise ValueError(f"{n_examples} training pairs are fewer than one batch of {self.global_batch}")
+        self.n_examples, self.batch_size, self.seed, self.rank = n_examples, batch_size, seed, rank
+        self.batches_per_epoch = n_examples // self.global_batch
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def indices(self, iteration: int) -> list[int]:
@@ -70,5 +74,5 @@ class BatchSchedule:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(self.n_examples, generator=generator)
-        start = position * self.batch_size
+        start = position * self.global_batch + self.rank * self.batch_size
         return self._order[start : start + self.batch_size].tolist()

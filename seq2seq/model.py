@@ -218,6 +218,8 @@ class Seq2Seq(nn.Module):
         return torch.cat(steps, dim=1)
 
 
-def sequence_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Mean cross-entropy over the non-PAD target tokens (the tutorial's masked NLL, per token)."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=PAD)
+def sequence_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy over the non-PAD target tokens: their mean (the tutorial's masked NLL, per
+    token) or, with reduction="sum", their sum."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    return F.cross_entropy(flat, target.reshape(-1), ignore_index=PAD, reduction=reduction)

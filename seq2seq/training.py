@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
 from .checkpoint import save_checkpoint
 from .model import Seq2Seq, sequence_loss
@@ -78,40 +80,49 @@ def make_optimizer(model: Seq2Seq, name: str, lr: float, decoder_ratio: float) -
 
 class TrainStep:
     """One optimisation step: forward (teacher-forced fast path or free-running), loss, backward,
-    gradient clipping over all parameters, update. fp16 goes through a gradient scaler."""
+    gradient clipping over all parameters, update. fp16 goes through a gradient scaler.
+
+    Under torchrun, `model` runs wrapped in DistributedDataParallel, which averages gradients
+    over ranks. Each rank scales its summed token losses by world size / all ranks' tokens, so the
+    averaged gradient is exactly that of the mean over every token of the global batch: N ranks
+    with batch B step like one process with batch N·B.
+    """
 
     def __init__(
-        self,
-        model: Seq2Seq,
-        optimizer: torch.optim.Optimizer,
-        clip: float,
-        precision: str = "fp32",
+        self, model: Seq2Seq, optimizer: torch.optim.Optimizer, clip: float, precision: str = "fp32"
     ):
         self.model, self.optimizer, self.clip = model, optimizer, clip
         self.device = next(model.parameters()).device
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.world = distributed.current()
+        self.forward_model = model
+        if self.world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def __call__(self, batch: Batch, teacher_forcing: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the batch's loss (mean per target token) and the gradient norm before clipping."""
+        """Return the global batch's loss (mean per target token) and the gradient norm before clipping."""
         batch = batch.to(self.device)
         with autocast(self.device, self.precision):
-            logits = self.model(batch.src, batch.lengths, batch.tgt, teacher_forcing=teacher_forcing)
+            logits = self.forward_model(batch.src, batch.lengths, batch.tgt, teacher_forcing=teacher_forcing)
         with record_function("loss"):  # named ranges for profile.py; near free when not profiling
-            loss = sequence_loss(logits, batch.tgt)
-            if not torch.isfinite(loss):
+            total = sequence_loss(logits, batch.tgt, reduction="sum")
+            sums = distributed.all_reduce_sum(torch.stack([total.detach(), total.new_tensor(batch.n_tokens)]))
+            loss = sums[0] / sums[1]
+            if not torch.isfinite(loss):  # the same verdict on every rank
                 raise TrainingError(
                     f"the loss became {loss.item()}; lower --learning-rate or --clip, or use fp32"
                 )
         with record_function("backward"):
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(total * self.world.size / sums[1]).backward()
         with record_function("optimizer step"):
             self.scaler.unscale_(self.optimizer)
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        return loss.detach(), grad_norm.detach()
+        return loss, grad_norm.detach()
 
 
 @torch.no_grad()
@@ -190,7 +201,10 @@ class Trainer:
         self.loop, self.save_dir, self.args = loop, Path(save_dir), args
         self.state = state or TrainState()
         self.observers = list(observers)
-        self.schedule = BatchSchedule(len(train_examples), loop.batch_size, loop.seed)
+        self.world = step.world
+        self.schedule = BatchSchedule(
+            len(train_examples), loop.batch_size, loop.seed, self.world.rank, self.world.size
+        )
         self._stop_requested = False
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -216,8 +230,10 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
+        """Write a checkpoint (rank 0 only: every rank holds the same weights)."""
         path = self.save_dir / name
-        save_checkpoint(path, self.payload())
+        if self.world.is_main:
+            save_checkpoint(path, self.payload())
         return path
 
     @staticmethod
@@ -275,12 +291,13 @@ class Trainer:
         loop, s = self.loop, self.state
         reason = "done"
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True)
+        bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True,
+                   disable=not self.world.is_main)  # fmt: skip
         window = [0.0, 0, 0, time.perf_counter()]  # loss sum, iterations, tokens, start time
         try:
             while s.iteration < loop.iterations:
                 batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
-                teacher_forcing = bool(torch.rand(()) < loop.teacher_forcing_ratio)
+                teacher_forcing = self.teacher_forcing(s.iteration)
                 try:
                     loss, grad_norm = self.step(batch, teacher_forcing)
                 except TrainingError as error:
@@ -310,16 +327,17 @@ class Trainer:
                     window = [0.0, 0, 0, time.perf_counter()]
                 if s.iteration % loop.eval_every == 0:
                     val = self.validate()
-                    bar.write(
-                        f"iteration {s.iteration}: train loss {self.recent_train_loss():.4f}, "
-                        f"val loss {val:.4f}, val perplexity {perplexity(val):.2f}"
-                    )
+                    if self.world.is_main:
+                        bar.write(
+                            f"iteration {s.iteration}: train loss {self.recent_train_loss():.4f}, "
+                            f"val loss {val:.4f}, val perplexity {perplexity(val):.2f}"
+                        )
                     if loop.patience and s.evals_without_improvement >= loop.patience:
                         reason = "early stop"
                         break
                 if s.iteration % loop.save_every == 0:
                     self.save("last.pth")
-                if self._stop_requested:
+                if distributed.any_rank(self._stop_requested, self.step.device):  # all ranks stop together
                     reason = "interrupted"
                     break
         finally:
@@ -330,6 +348,12 @@ class Trainer:
             self.validate()  # a run always ends with a validated best_model.pth
         self.save("last.pth")
         return reason
+
+    def teacher_forcing(self, iteration: int) -> bool:
+        """Whether iteration `iteration` is teacher-forced: a pure function of the seed and the
+        iteration, so every rank agrees and a resumed run decides as an unbroken one."""
+        ratio = self.loop.teacher_forcing_ratio
+        return ratio >= 1.0 or random.Random(self.loop.seed * 1_000_003 + iteration).random() < ratio
 
     def recent_train_loss(self) -> float:
         recent = self.state.history["train"][-self.loop.eval_every :]
