@@ -1,0 +1,133 @@
+"""Export a checkpoint as a bot that runs without this repository: TorchScript or torch.export.
+
+    python convert_to_torchscript.py                               # traced: checkpoints/model_traced.pt
+    python convert_to_torchscript.py --method script --benchmark   # scripted, with eager-vs-TorchScript latency
+    python convert_to_torchscript.py --quantize int8               # int8 GRU and linear weights
+    python convert_to_torchscript.py --method export               # torch.export programs (.pt2)
+
+A TorchScript file holds the model, the vocabulary and the normalisation:
+torch.jit.load(path).reply("hi") answers in any process (or from C++ libtorch), and
+.forward(ids) maps an encoded query to the reply's ids. Note: TorchScript is deprecated in
+PyTorch 2.x in favour of torch.export, and every torch.jit call warns so; --method export writes
+the encoder and the decoder step as torch.export programs instead (the search loop and the text
+handling stay in Python there). Every export is checked: its replies must equal the eager
+model's greedy replies on --prompts prompts.
+"""
+
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.cli import ArgumentParser, fail, load_for_inference, positive_int
+from seq2seq.cornell import CorpusError, read_pairs
+from seq2seq.decoding import DecodeSettings, reply_batch
+from seq2seq.export import build_bot, export_parts
+from seq2seq.files import atomic_path
+from seq2seq.vocab import detokenize
+
+DEFAULT_OUTPUT = {"trace": "checkpoints/model_traced.pt", "script": "checkpoints/model_scripted.pt",
+                  "export": "checkpoints/model_exported.pt2"}  # fmt: skip
+
+
+def prompts_for(path: str, count: int, vocab) -> list[str]:
+    """Queries from the test file when there is one, else sentences drawn from the vocabulary."""
+    try:
+        queries = [query for query, _ in read_pairs(path)][:count]
+    except CorpusError:
+        queries = []
+    generator = torch.Generator().manual_seed(0)
+    words = vocab.index_to_word[4:]
+    while len(queries) < count:
+        n = int(torch.randint(1, 9, (), generator=generator))
+        queries.append(" ".join(words[int(i)] for i in torch.randint(len(words), (n,), generator=generator)))
+    return queries
+
+
+def median_ms(reply, prompts: list[str], warmup: int = 5) -> float:
+    for prompt in prompts[:warmup]:
+        reply(prompt)
+    times = []
+    for prompt in prompts:
+        start = time.perf_counter()
+        reply(prompt)
+        times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to export")
+    p.add_argument("--method", choices=("trace", "script", "export"), default="trace",
+                   help="trace or script the network (the search loop is always scripted), or torch.export it")  # fmt: skip
+    p.add_argument(
+        "--output-path", help="default: checkpoints/model_traced.pt, _scripted.pt or _exported.pt2"
+    )
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: dynamic quantisation of the GRU and linear layers before export")  # fmt: skip
+    p.add_argument(
+        "--prompts", type=positive_int, default=200, help="prompts for the parity check and timing"
+    )
+    p.add_argument(
+        "--test-data", default="data/test.txt", help="where prompts come from (random ones if missing)"
+    )
+    p.add_argument("--benchmark", action="store_true", help="time eager against exported replies")
+    args = p.parse_args()
+    args.device, args.precision = "cpu", "fp32"  # the exported bot runs on the CPU
+    warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        model, vocab, checkpoint = load_for_inference(args)
+    except CheckpointError as error:
+        fail(str(error))
+    max_length = checkpoint.get("args", {}).get("max_length", 10)
+    output = Path(args.output_path or DEFAULT_OUTPUT[args.method])
+    prompts = prompts_for(args.test_data, args.prompts, vocab)
+    settings = DecodeSettings(max_length=max_length)
+
+    def eager(prompt: str) -> str:
+        return detokenize(reply_batch(model, vocab, [prompt], settings)[0])
+
+    reference = [eager(prompt) for prompt in prompts]
+    int8 = args.quantize == "int8"
+    try:
+        if args.method == "export":
+            if int8:
+                fail("--quantize int8 goes with --method trace or script")
+            bot = export_parts(model, vocab, max_length, output)
+            written = f"{output.with_suffix('.encoder.pt2')} and {output.with_suffix('.step.pt2')}"
+        else:
+            bot = build_bot(model, vocab, max_length, args.method, int8)
+            with atomic_path(output) as tmp:
+                bot.save(str(tmp))
+            bot = torch.jit.load(str(output))  # check the file, not the object in memory
+            written = str(output) + (" (GRU and linear layers quantised to int8)" if int8 else "")
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror or error}")
+    except Exception as error:  # an exporter's own limitation: say exactly what failed
+        fail(f"{args.method} failed ({type(error).__name__}): {str(error).strip().splitlines()[0][:300]}")
+    replies = [bot.reply(prompt) for prompt in prompts]
+    same = sum(a == b for a, b in zip(reference, replies))
+    print(f"wrote {written}")
+    print(f"parity: {same}/{len(prompts)} replies identical to the eager fp32 model")
+    if not int8 and same != len(prompts):
+        fail(f"the export differs from the eager model on {len(prompts) - same} prompts")
+    if args.benchmark:
+        eager_ms, exported_ms = median_ms(eager, prompts), median_ms(bot.reply, prompts)
+        label = {
+            "trace": "TorchScript (traced)",
+            "script": "TorchScript (scripted)",
+            "export": "torch.export",
+        }
+        name = label[args.method] + (" int8" if args.quantize == "int8" else "")
+        print(f"\n| device | eager ms | {name} ms | speed-up |\n| --- | --- | --- | --- |")
+        print(f"| cpu | {eager_ms:.2f} | {exported_ms:.2f} | {eager_ms / exported_ms:.2f}x |")
+        print(
+            "(median over the prompts, batch 1, greedy, after warm-up; CUDA is not covered: the bot runs on the CPU)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""A bot that ships alone: the model, its vocabulary and the normalisation in one TorchScript file.
+
+`Bot` is written in the subset of Python that TorchScript compiles. Its tensor entry point,
+`forward(ids)`, answers one encoded query with the greedy reply's ids; `reply(text)` does the
+whole job on a string, so `torch.jit.load(path).reply("hi")` works in a process that never
+imported this package (and the same file serves a C++ libtorch program).
+
+The network is split into two parts, `EncoderPart` and `DecoderStep`, which are either traced
+(`torch.jit.trace`, recording one run's operations) or scripted (`torch.jit.script`, compiling
+the code); the search loop around them is always scripted, since tracing cannot record control
+flow. A batch of one needs no padding, so no packed sequences are involved. Replies follow
+seq2seq.decoding's greedy search exactly: PAD, SOS and UNK are never produced, EOS not first.
+
+TorchScript is deprecated in PyTorch 2.x in favour of torch.export; `export_parts` writes the two
+parts as torch.export programs (.pt2) instead, for runtimes that take those.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .files import atomic_path
+from .model import Seq2Seq
+from .vocab import EOS, PAD, SOS, UNK, Vocabulary
+
+
+def _plain_gru(gru: nn.GRU) -> nn.GRU:
+    """A stock nn.GRU with `gru`'s weights (our subclass's autocast hook is not scriptable)."""
+    plain = nn.GRU(
+        gru.input_size, gru.hidden_size, gru.num_layers, batch_first=True, bidirectional=gru.bidirectional
+    )
+    plain.load_state_dict(gru.state_dict())
+    return plain
+
+
+class EncoderPart(nn.Module):
+    """ids (1, S) -> attention keys (1, S, H), values (1, S, H), decoder state (L_dec, 1, H)."""
+
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        config, attention = model.config, model.decoder.attention
+        self.embedding = model.embedding
+        self.gru = _plain_gru(model.encoder.gru)
+        self.layers, self.decoder_layers, self.hidden_size = (
+            config.encoder_layers,
+            config.decoder_layers,
+            config.hidden_size,
+        )
+        # keys as Attention.keys computes them: W v + b (general), W_k v (concat), v itself (dot)
+        self.project_keys = attention.method != "dot"
+        h = config.hidden_size
+        weight, bias = torch.zeros(h, h), torch.zeros(h)
+        if attention.method == "general":
+            weight, bias = attention.W.weight.detach().clone(), attention.W.bias.detach().clone()
+        elif attention.method == "concat":
+            weight = attention.W.weight[:, h:].detach().clone()
+        self.register_buffer("key_weight", weight)
+        self.register_buffer("key_bias", bias)
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        outputs, hidden = self.gru(self.embedding(ids))
+        h = self.hidden_size
+        values = outputs[:, :, :h] + outputs[:, :, h:]
+        states = hidden.view(self.layers, 2, 1, h).sum(1)  # Seq2Seq.bridge, for a batch of one
+        if self.decoder_layers <= self.layers:
+            states = states[self.layers - self.decoder_layers :]
+        else:
+            states = torch.cat([states[:1].expand(self.decoder_layers - self.layers, 1, h), states])
+        keys = F.linear(values, self.key_weight, self.key_bias) if self.project_keys else values
+        return keys, values, states.contiguous()
+
+
+class DecoderStep(nn.Module):
+    """token (1, 1), state, keys, values -> next-token logits (1, V), new state."""
+
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        decoder, h = model.decoder, model.config.hidden_size
+        attention = decoder.attention
+        self.embedding = model.embedding
+        self.gru = _plain_gru(decoder.gru)
+        self.concat_score = attention.method == "concat"
+        weight, bias, v = torch.zeros(h, h), torch.zeros(h), torch.zeros(h)
+        if self.concat_score:
+            weight, bias = attention.W.weight[:, :h].detach().clone(), attention.W.bias.detach().clone()
+            v = attention.v.detach().clone()
+        self.register_buffer("query_weight", weight)
+        self.register_buffer("query_bias", bias)
+        self.register_buffer("v", v)
+        self.concat, self.out = decoder.concat, decoder.out
+
+    def forward(self, token: Tensor, state: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        output, state = self.gru(self.embedding(token), state)
+        if self.concat_score:
+            query = F.linear(output, self.query_weight, self.query_bias)
+            scores = torch.tanh(query.unsqueeze(2) + keys.unsqueeze(1)) @ self.v
+        else:
+            scores = output @ keys.transpose(1, 2)
+        context = torch.softmax(scores, dim=-1) @ values
+        combined = torch.tanh(self.concat(torch.cat([output, context], dim=-1)))
+        return self.out(combined)[:, -1], state
+
+
+class ExportError(Exception):
+    """A part of the model that torch.export cannot capture; the message says which and why."""
+
+
+def _character_table() -> dict[str, str]:
+    """What normalize() turns each non-ASCII letter of the Latin ranges into, for TorchScript."""
+    table: dict[str, str] = {"\u2019": "'", "\u2018": "'", "\u02bc": "'"}
+    codes = [*range(0xC0, 0x250), *range(0x1E00, 0x1F00), *range(0x2000, 0x2070), *range(0xFB00, 0xFB07)]
+    for char in map(chr, codes):
+        if char in table:
+            continue
+        base = "".join(
+            c for c in unicodedata.normalize("NFKD", char.casefold()) if not unicodedata.combining(c)
+        )
+        if base and base.isascii():
+            table[char] = base
+    return table
+
+
+class Bot(nn.Module):
+    """Greedy replies from text or ids, with the vocabulary and the normalisation built in."""
+
+    def __init__(self, encoder: nn.Module, step: nn.Module, vocab: Vocabulary, max_length: int):
+        super().__init__()
+        self.encoder, self.step = encoder, step
+        self.words: list[str] = list(vocab.index_to_word)
+        self.index: dict[str, int] = dict(vocab.word_to_index)
+        self.characters: dict[str, str] = _character_table()
+        self.max_length = max_length
+        self.pad, self.sos, self.eos, self.unk = PAD, SOS, EOS, UNK  # TorchScript reads no globals
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Encoded query (1, S) ending in EOS -> reply ids (up to max_length, EOS last if reached)."""
+        keys, values, state = self.encoder(ids)
+        token = torch.full([1, 1], self.sos, dtype=torch.long)
+        reply: list[int] = []
+        for t in range(self.max_length):
+            logits, state = self.step(token, state, keys, values)
+            scores = logits[0].clone()
+            scores[self.pad] = float("-inf")
+            scores[self.sos] = float("-inf")
+            scores[self.unk] = float("-inf")
+            if t == 0:
+                scores[self.eos] = float("-inf")
+            choice = int(scores.argmax())
+            reply.append(choice)
+            if choice == self.eos:
+                break
+            token = torch.full([1, 1], choice, dtype=torch.long)
+        return torch.tensor(reply, dtype=torch.long)
+
+    @torch.jit.export
+    def normalize(self, text: str) -> str:
+        """seq2seq.vocab.normalize for ASCII and Latin letters (TorchScript strings are bytes)."""
+        for char, replacement in self.characters.items():
+            if char in text:
+                text = text.replace(char, replacement)
+        text = text.lower()
+        pieces: list[str] = []
+        for i in range(len(text)):  # characters outside ASCII come as bytes >= 0x80: dropped
+            byte = text[i]
+            if byte == "." or byte == "!" or byte == "?":
+                pieces.append(" " + byte + " ")
+            elif "a" <= byte <= "z":
+                pieces.append(byte)
+            elif (
+                byte == "'"
+                and 0 < i < len(text) - 1
+                and "a" <= text[i - 1] <= "z"
+                and "a" <= text[i + 1] <= "z"
+            ):
+                pieces.append(byte)  # an apostrophe survives only inside a word
+            else:
+                pieces.append(" ")
+        return " ".join("".join(pieces).split())
+
+    @torch.jit.export
+    def reply(self, text: str) -> str:
+        words = self.normalize(text).split()
+        if len(words) == 0:
+            return ""
+        index, vocabulary = self.index, self.words  # read the big attributes once
+        ids: list[int] = []
+        for word in words[: self.max_length - 1]:
+            ids.append(index.get(word, self.unk))
+        ids.append(self.eos)
+        out: str = ""
+        reply: list[int] = self.forward(torch.tensor([ids], dtype=torch.long)).tolist()
+        for i in reply:
+            if i == self.eos:
+                break
+            word = vocabulary[i]
+            if out != "" and word != "." and word != "!" and word != "?":
+                out += " "
+            out += word
+        return out
+
+
+def _parts(model: Seq2Seq, int8: bool) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder-step modules; with `int8`, their GRU and linear layers get int8
+    weights (dynamic quantisation: activations are quantised on the fly)."""
+    parts = EncoderPart(model.eval()).eval(), DecoderStep(model).eval()
+    if int8:
+        quantize = torch.ao.quantization.quantize_dynamic
+        parts = tuple(quantize(part, {nn.GRU, nn.Linear}, dtype=torch.qint8) for part in parts)
+    return parts
+
+
+def _examples(vocab_size: int) -> tuple[Tensor, tuple[Tensor, ...]]:
+    ids = torch.tensor([[4, 5, 6, EOS]], dtype=torch.long) % vocab_size
+    return ids, (torch.full((1, 1), SOS, dtype=torch.long),)
+
+
+def build_bot(model: Seq2Seq, vocab: Vocabulary, max_length: int, method: str, int8: bool = False):
+    """The TorchScript bot: parts traced (method "trace") or scripted ("script"), loop scripted."""
+    encoder, step = _parts(model, int8)
+    if method == "trace":
+        ids, (token,) = _examples(len(vocab))
+        with torch.no_grad():
+            keys, values, state = encoder(ids)
+            encoder = torch.jit.trace(encoder, (ids,), check_trace=False)
+            step = torch.jit.trace(step, (token, state, keys, values), check_trace=False)
+    elif method == "script":
+        encoder, step = torch.jit.script(encoder), torch.jit.script(step)
+    else:
+        raise ValueError(f"method must be trace or script, got {method!r}")
+    return torch.jit.script(Bot(encoder, step, vocab, max_length).eval())
+
+
+def export_parts(model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Path) -> Bot:
+    """torch.export programs of the encoder and the decoder step, saved beside `output` as
+    NAME.encoder.pt2 and NAME.step.pt2; returns a (Python) Bot running the reloaded programs.
+
+    The query length is a dynamic dimension (2 to max_length tokens, EOS included), so no
+    padding, mask or packed sequence is needed for a batch of one.
+    """
+    encoder, step = _parts(model, int8=False)
+    ids, (token,) = _examples(len(vocab))
+    length = torch.export.Dim("length", min=2, max=max(2, max_length))
+    with torch.no_grad():
+        keys, values, state = encoder(ids)
+    attempts = {
+        "encoder": (encoder, (ids,), ({1: length},)),
+        "step": (step, (token, state, keys, values), (None, None, {1: length}, {1: length})),
+    }
+    programs, failures = {}, []
+    for name, (module, inputs, shapes) in attempts.items():
+        try:
+            with torch.no_grad():
+                programs[name] = torch.export.export(module, inputs, dynamic_shapes=shapes)
+        except Exception as error:  # report every part that cannot be exported, and why
+            reason = str(error).strip().splitlines()[0]
+            if "Constraints violated (length)" in reason:
+                reason = ("torch.export specialises nn.GRU's sequence length to the example's (4), "
+                          "so queries of other lengths could not run")  # fmt: skip
+            failures.append(f"{name}: {reason}")
+    if failures:
+        exported = [name for name in attempts if name in programs]
+        raise ExportError(
+            "; ".join(failures) + (f" ({', '.join(exported)} exported fine)" if exported else "")
+        )
+    loaded = {}
+    for name, program in programs.items():
+        path = output.with_suffix(f".{name}.pt2")
+        with atomic_path(path) as tmp:
+            torch.export.save(program, str(tmp))
+        loaded[name] = torch.export.load(str(path)).module()
+    return Bot(loaded["encoder"], loaded["step"], vocab, max_length)

@@ -1,0 +1,104 @@
+"""TorchScript export: parity with the eager model, and a bot that runs without this repository."""
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.checkpoint import build_model, load_checkpoint
+from seq2seq.decoding import DecodeSettings, reply_batch
+from seq2seq.export import build_bot
+from seq2seq.vocab import detokenize, normalize
+from tests.conftest import PAIRS
+from tests.test_chat import HOSTILE
+
+ROOT = Path(__file__).resolve().parent.parent
+QUERIES = [q for q, _ in PAIRS] + ["who are you bob ?", "where do you like ?", "hello hello hello"]
+
+
+@pytest.fixture(scope="module")
+def model_and_vocab(trained_checkpoint):
+    return build_model(load_checkpoint(trained_checkpoint))
+
+
+@pytest.mark.parametrize("method", ["trace", "script"])
+def test_exported_replies_equal_eager_greedy(model_and_vocab, method, tmp_path):
+    model, vocab = model_and_vocab
+    eager = [detokenize(r) for r in reply_batch(model, vocab, QUERIES, DecodeSettings(max_length=10))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bot = build_bot(model, vocab, 10, method)
+        bot.save(str(tmp_path / "bot.pt"))
+        loaded = torch.jit.load(str(tmp_path / "bot.pt"))  # through save and load
+    assert [loaded.reply(q) for q in QUERIES] == eager
+    assert eager[1] == "i'm fine."
+    ids = torch.tensor([[vocab.word_to_index[w] for w in "how are you ?".split()] + [2]])
+    assert vocab.decode(loaded.forward(ids).tolist()) == ["i'm", "fine", "."]  # the tensor entry point
+
+
+def test_exported_normalisation_matches_the_package(model_and_vocab):
+    model, vocab = model_and_vocab
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bot = build_bot(model, vocab, 10, "script")
+    texts = [*HOSTILE, "Café crème brûlée", "I don't know... REALLY?!", "'cause we're goin' home", "a'''b",
+             "rock'n'roll", "Straße", "Wait\u2026 what", "\ufb01ne", "It\u2019s fine", "ÀÉÎÕÜ çñ"]  # fmt: skip
+    for text in texts:
+        assert bot.normalize(text) == normalize(text), repr(text)
+    assert bot.reply("") == "" and bot.reply("😀") == ""
+
+
+def test_reply_works_in_a_process_that_never_imported_the_package(model_and_vocab, tmp_path):
+    model, vocab = model_and_vocab
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_bot(model, vocab, 10, "trace").save(str(tmp_path / "bot.pt"))
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore'); import torch; "
+        "bot = torch.jit.load('bot.pt'); print(bot.reply('Hello.')); print(bot.reply('What is your name?')); "
+        "print(any(name.startswith('seq2seq') for name in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:3] == ["hi there.", "my name is bob.", "False"]
+    assert str(ROOT) not in result.stdout
+
+
+def convert(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "convert_to_torchscript.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def test_script_checks_parity_quantises_and_benchmarks(trained_checkpoint, tmp_path):
+    result = convert("--model-path", str(trained_checkpoint), "--method", "script", "--prompts", "20",
+                     "--benchmark", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parity: 20/20 replies identical" in result.stdout and "| cpu |" in result.stdout
+    assert (tmp_path / "checkpoints" / "model_scripted.pt").exists()
+    result = convert("--model-path", str(trained_checkpoint), "--quantize", "int8", "--prompts", "20",
+                     "--output-path", "q.pt", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "int8" in result.stdout and "replies identical" in result.stdout and (tmp_path / "q.pt").exists()
+
+
+def test_torch_export_reports_what_fails(trained_checkpoint, tmp_path):
+    result = convert(
+        "--model-path", str(trained_checkpoint), "--method", "export", "--prompts", "5", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: export failed") and "encoder" in last and "step exported fine" in last
+
+
+def test_missing_or_corrupt_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    for path in ("missing.pth", "bad.pth"):
+        result = convert("--model-path", str(tmp_path / path), cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
