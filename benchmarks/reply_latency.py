@@ -9,12 +9,15 @@ reply runs to the full length (a random model rarely says EOS): the comparison i
                `max_length` steps, softmax over the vocabulary, max, no stop at EOS
   greedy / beam 5 / sample   seq2seq.decoding, batched code run at batch size 1, with fp32
                weights and with bf16 weights (chat.py --precision bf16)
+  greedy, int8 TorchScript   the exported bot's forward (convert_to_torchscript.py --quantize
+               int8): the same greedy search, int8 GRU and linear weights
 """
 
 import copy
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from seq2seq.cli import ArgumentParser, positive_int
 from seq2seq.decoding import DecodeSettings, decode
+from seq2seq.export import build_bot
 from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.vocab import EOS, SOS
+from seq2seq.vocab import EOS, SOS, Vocabulary
 
 
 @torch.no_grad()
@@ -83,6 +87,12 @@ def main() -> None:
     for name, search in searches.items():
         rows[f"{name}, fp32"] = lambda s, n, search=search: decode(model, s, n, search)
         rows[f"{name}, bf16"] = lambda s, n, search=search: decode(half, s, n, search)
+    if device.type == "cpu":  # the exported bot runs on the CPU
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation warnings
+            vocab = Vocabulary(f"w{i}" for i in range(args.vocab_size - 4))
+            bot = build_bot(model, vocab, args.max_length, "trace", int8=True)
+        rows["greedy, int8 TorchScript"] = lambda s, n: bot.forward(s)
     results = {}
     for name, reply in rows.items():
         times = []
