@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import sys
 import time
 import zipfile
 import zlib
@@ -99,7 +100,8 @@ def fetch(url: str, dest: Path, retries: int = 5, backoff: float = 1.0, timeout:
                     "or fetch the zip another way and pass --source PATH"
                 ) from None
             wait = backoff * 2**attempt
-            print(f"download interrupted ({error}); retrying in {wait:.0f}s", flush=True)
+            reason = str(error) if len(str(error)) < 80 else type(error).__name__  # no urllib3 essays
+            print(f"download interrupted ({reason}); retrying in {wait:.0f}s", file=sys.stderr, flush=True)
             time.sleep(wait)
         except requests.RequestException as error:  # a malformed address, too many redirects, ...
             raise DataError(f"cannot download {url}: {error} (check --url)") from None
