@@ -20,30 +20,22 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.checkpoint import CheckpointError
+from seq2seq.checkpoint import CheckpointError, trained_max_length
 from seq2seq.cli import ArgumentParser, fail, load_for_inference, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot, export_parts
 from seq2seq.files import atomic_path
-from seq2seq.vocab import detokenize
+from seq2seq.vocab import detokenize, random_sentences
 
 DEFAULT_OUTPUT = {"trace": "checkpoints/model_traced.pt", "script": "checkpoints/model_scripted.pt",
                   "export": "checkpoints/model_exported.pt2"}  # fmt: skip
 
 
 def prompts_for(path: str, count: int, vocab) -> list[str]:
-    """Queries from the test file when there is one, else sentences drawn from the vocabulary."""
-    try:
-        queries = [query for query, _ in read_pairs(path)][:count]
-    except CorpusError:
-        queries = []
-    generator = torch.Generator().manual_seed(0)
-    words = vocab.index_to_word[4:]
-    while len(queries) < count:
-        n = int(torch.randint(1, 9, (), generator=generator))
-        queries.append(" ".join(words[int(i)] for i in torch.randint(len(words), (n,), generator=generator)))
-    return queries
+    """Queries from the test file when there is one, topped up with random sentences."""
+    queries = [query for query, _ in read_pairs(path)][:count] if Path(path).exists() else []
+    return queries + random_sentences(vocab.index_to_word[4:], count - len(queries))
 
 
 def median_ms(reply, prompts: list[str], warmup: int = 5) -> float:
@@ -75,45 +67,49 @@ def main() -> None:
     )
     p.add_argument("--benchmark", action="store_true", help="time eager against exported replies")
     args = p.parse_args()
+    int8 = args.quantize == "int8"
+    if int8 and args.method == "export":
+        fail("--quantize int8 goes with --method trace or script")
     args.device, args.precision = "cpu", "fp32"  # the exported bot runs on the CPU
     warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         model, vocab, checkpoint = load_for_inference(args)
-    except CheckpointError as error:
+        prompts = prompts_for(args.test_data, args.prompts, vocab)
+    except (CheckpointError, CorpusError) as error:
         fail(str(error))
-    max_length = checkpoint.get("args", {}).get("max_length", 10)
+    max_length = trained_max_length(checkpoint)
     output = Path(args.output_path or DEFAULT_OUTPUT[args.method])
-    prompts = prompts_for(args.test_data, args.prompts, vocab)
     settings = DecodeSettings(max_length=max_length)
 
     def eager(prompt: str) -> str:
         return detokenize(reply_batch(model, vocab, [prompt], settings)[0])
 
+    def check(bot) -> int:
+        """Replies identical to eager; an fp32 export that differs is refused before it is kept."""
+        same = sum(bot.reply(prompt) == expected for prompt, expected in zip(prompts, reference))
+        print(f"parity: {same}/{len(prompts)} replies identical to the eager fp32 model")
+        if not int8 and same != len(prompts):
+            fail(f"the export differs from the eager model on {len(prompts) - same} prompts; nothing written")
+        return same
+
     reference = [eager(prompt) for prompt in prompts]
-    int8 = args.quantize == "int8"
     try:
         if args.method == "export":
-            if int8:
-                fail("--quantize int8 goes with --method trace or script")
             bot = export_parts(model, vocab, max_length, output)
+            check(bot)
             written = f"{output.with_suffix('.encoder.pt2')} and {output.with_suffix('.step.pt2')}"
         else:
-            bot = build_bot(model, vocab, max_length, args.method, int8)
             with atomic_path(output) as tmp:
-                bot.save(str(tmp))
-            bot = torch.jit.load(str(output))  # check the file, not the object in memory
+                build_bot(model, vocab, max_length, args.method, int8).save(str(tmp))
+                bot = torch.jit.load(str(tmp))  # check the file, not the object in memory
+                check(bot)
             written = str(output) + (" (GRU and linear layers quantised to int8)" if int8 else "")
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
     except Exception as error:  # an exporter's own limitation: say exactly what failed
         fail(f"{args.method} failed ({type(error).__name__}): {str(error).strip().splitlines()[0][:300]}")
-    replies = [bot.reply(prompt) for prompt in prompts]
-    same = sum(a == b for a, b in zip(reference, replies))
     print(f"wrote {written}")
-    print(f"parity: {same}/{len(prompts)} replies identical to the eager fp32 model")
-    if not int8 and same != len(prompts):
-        fail(f"the export differs from the eager model on {len(prompts) - same} prompts")
     if args.benchmark:
         eager_ms, exported_ms = median_ms(eager, prompts), median_ms(bot.reply, prompts)
         label = {
@@ -121,7 +117,7 @@ def main() -> None:
             "script": "TorchScript (scripted)",
             "export": "torch.export",
         }
-        name = label[args.method] + (" int8" if args.quantize == "int8" else "")
+        name = label[args.method] + (" int8" if int8 else "")
         print(f"\n| device | eager ms | {name} ms | speed-up |\n| --- | --- | --- | --- |")
         print(f"| cpu | {eager_ms:.2f} | {exported_ms:.2f} | {eager_ms / exported_ms:.2f}x |")
         print(

@@ -10,11 +10,11 @@ it therefore replaces itself with the standard library's module and does nothing
 """
 
 import sys
+from pathlib import Path
 
 if __name__ != "__main__":
     import importlib.util
     import sysconfig
-    from pathlib import Path
 
     _spec = importlib.util.spec_from_file_location(
         "profile", Path(sysconfig.get_paths()["stdlib"]) / "profile.py"
@@ -34,15 +34,15 @@ def train_work(model, batch):
 
 def inference_work(model, batch, checkpoint):
     """Greedy replies to the whole batch, as evaluate.py generates them."""
+    from seq2seq.checkpoint import trained_max_length
     from seq2seq.decoding import DecodeSettings, decode
 
-    settings = DecodeSettings(max_length=checkpoint.get("args", {}).get("max_length", 10))
+    settings = DecodeSettings(max_length=trained_max_length(checkpoint))
     device = next(model.parameters()).device
     return lambda: decode(model, batch.src.to(device), batch.lengths, settings)
 
 
 def main() -> None:
-    import torch
 
     from seq2seq.batching import encode_pairs, iterate_batches
     from seq2seq.checkpoint import CheckpointError
@@ -51,6 +51,7 @@ def main() -> None:
     from seq2seq.files import write_text_atomic
     from seq2seq.profiling import format_report, plot_breakdown, run_profile
     from seq2seq.training import TrainingError
+    from seq2seq.vocab import random_sentences
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to profile")
@@ -73,19 +74,14 @@ def main() -> None:
     args.precision = "fp32"
     try:
         model, vocab, checkpoint = load_for_inference(args)
-        try:
+        if Path(args.data).exists():
             pairs = read_pairs(args.data)
-        except CorpusError:
-            print(f"{args.data} not found: profiling on random pairs", file=sys.stderr)
-            generator = torch.Generator().manual_seed(0)
-            words = vocab.index_to_word[4:]
-            pairs = [
-                tuple(
-                    " ".join(words[i] for i in torch.randint(len(words), (6,), generator=generator))
-                    for _ in "qa"
-                )
-                for _ in range(args.batch_size)
-            ]
+        else:
+            print(f"{args.data} not found: profiling on random sentences", file=sys.stderr)
+            queries = random_sentences(vocab.index_to_word[4:], 2 * args.batch_size)
+            pairs = list(zip(queries[::2], queries[1::2]))
+        if not pairs:
+            fail(f"{args.data} holds no pairs")
         batch = iterate_batches(encode_pairs(pairs[: args.batch_size], vocab), args.batch_size)[0]
         profiles = []
         modes = ["train", "inference"] if args.mode == "both" else [args.mode]
@@ -97,7 +93,7 @@ def main() -> None:
         if args.report:
             write_text_atomic(args.report, report + "\n")
         plot_breakdown(profiles, args.plot)
-    except (CheckpointError, TrainingError) as error:
+    except (CheckpointError, CorpusError, TrainingError) as error:
         fail(str(error))
     except OSError as error:
         fail(f"cannot write: {error}")

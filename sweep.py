@@ -33,11 +33,27 @@ from seq2seq.training import TrainingError
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
+SUPPORTED = ("log_uniform_values", "uniform", "int_uniform")
+
+
 def read_config(path: str) -> dict:
+    """The sweep configuration, checked: every parameter's distribution must be one sweep.py runs."""
     try:
         config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        config["parameters"], config["metric"]["goal"]  # noqa: B018 - the keys a sweep needs
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        metric, parameters = config["metric"], config["parameters"]
+        if metric.get("goal") not in ("minimize", "maximize") or not metric.get("name"):
+            raise ValueError("metric needs a name and a goal (minimize or maximize)")
+        for name, spec in parameters.items():
+            kind = spec.get("distribution") if isinstance(spec, dict) else None
+            if kind is not None and kind not in SUPPORTED:
+                raise ValueError(
+                    f"parameter {name}: distribution {kind} (sweep.py runs {', '.join(SUPPORTED)})"
+                )
+            if not isinstance(spec, dict) or not (
+                {"value", "values"} & set(spec) or {"min", "max"} <= set(spec)
+            ):
+                raise ValueError(f"parameter {name} needs value, values, or min and max")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as error:
         fail(f"cannot use {path} as a sweep configuration: {error}")
     return config
 
@@ -48,13 +64,10 @@ def suggest(trial: optuna.Trial, name: str, spec: dict):
         return spec["value"]
     if "values" in spec:
         return trial.suggest_categorical(name, spec["values"])
-    kind = spec.get("distribution", "int_uniform" if isinstance(spec.get("min"), int) else "uniform")
-    if kind in ("log_uniform_values", "uniform", "int_uniform", "q_uniform"):
-        low, high, log = spec["min"], spec["max"], kind == "log_uniform_values"
-        if kind == "int_uniform":
-            return trial.suggest_int(name, low, high)
-        return trial.suggest_float(name, float(low), float(high), log=log)
-    raise ValueError(f"parameter {name}: distribution {kind!r} is not supported by sweep.py")
+    kind = spec.get("distribution", "int_uniform" if isinstance(spec["min"], int) else "uniform")
+    if kind == "int_uniform":
+        return trial.suggest_int(name, spec["min"], spec["max"])
+    return trial.suggest_float(name, float(spec["min"]), float(spec["max"]), log=kind == "log_uniform_values")
 
 
 def fixed_flags(config: dict) -> list[str]:
@@ -131,8 +144,10 @@ def main() -> None:
     parser.add_argument("--use-wandb", action="store_true", help="log every trial to W&B (grouped by study)")
     parser.add_argument("--images", default="images", help="folder for the two sweep plots")
     args, passed = parser.parse_known_args()
-    train.make_parser().parse_args(passed)  # a mistyped train.py flag fails now, not in trial 0
     config = read_config(args.config)
+    train.make_parser().parse_args(
+        [*fixed_flags(config), *passed]
+    )  # a bad train.py flag fails now, not in trial 0
     study_name = args.study_name or f"chatbot-seq2seq-{Path(args.config).stem}"
     direction = "minimize" if config["metric"]["goal"] == "minimize" else "maximize"
 
@@ -148,7 +163,7 @@ def main() -> None:
         study_name=study_name,
         storage=storage,
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=0),
+        sampler=optuna.samplers.TPESampler(),  # unseeded: resumed or parallel sweeps must not repeat trials
         pruner=optuna.pruners.HyperbandPruner(),
         load_if_exists=True,
     )

@@ -162,11 +162,11 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None, world: distrib
     """Build data/ if it is missing or cut differently from the flags (rank 0 builds, the others
     wait); return the vocabulary (data/vocab.json unless resuming), the encoded training and
     validation examples, and the first validation queries."""
-    if world.is_main:
+    if world.local_rank == 0:  # one builder per machine; the split is deterministic
         build_data(args)
     distributed.barrier()
-    if not world.is_main:
-        pair_settings(args)  # the flags as rank 0 resolved them
+    if world.local_rank != 0:
+        pair_settings(args)  # the flags as the builder resolved them
     data_dir = Path(args.data_dir)
     if vocab is None:
         try:
@@ -265,7 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, CorpusError, TrainingError) as error:
         fail(str(error))
     except KeyboardInterrupt:
-        fail("interrupted before a checkpoint could be written", 130)
+        fail(
+            "interrupted before training started, or a second Ctrl-C: checkpoints already written are intact",
+            130,
+        )
     finally:
         distributed.shutdown()
     s = trainer.state

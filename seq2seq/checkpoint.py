@@ -54,6 +54,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return data
 
 
+def trained_max_length(checkpoint: dict) -> int:
+    """The --max-length a checkpoint was trained with (EOS included): its replies' natural limit."""
+    return checkpoint.get("args", {}).get("max_length", 10)
+
+
 def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocabulary]:
     """The model (weights loaded, on `device`) and vocabulary a checkpoint describes."""
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import build_model, load_checkpoint
+from .checkpoint import build_model, load_checkpoint, trained_max_length
 from .cornell import RARE_WORD_POLICIES, PairSettings
 from .decoding import METHODS, DecodeSettings
 from .download import CORPUS_URL, DataError, format_stats, prepare_data, read_stats
@@ -183,6 +183,7 @@ def add_decoding_arguments(parser: ArgumentParser) -> None:
     )
     parser.add_argument("--max-length", type=positive_int,
                         help="longest reply in tokens with EOS (default: the checkpoint's training limit)")  # fmt: skip
+    parser.add_argument("--min-length", type=positive_int, default=1, help="tokens before a reply may end")
     parser.add_argument("--seed", type=non_negative_int, help="seed for reproducible sampling")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="weights in bf16 halve the memory each step reads: about 2x faster replies on a CPU")  # fmt: skip
@@ -205,7 +206,8 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Seq2Seq, Vocabulary, d
 def decode_settings(args: argparse.Namespace, checkpoint: dict) -> DecodeSettings:
     return DecodeSettings(
         method=args.decoding,
-        max_length=args.max_length or checkpoint.get("args", {}).get("max_length", 10),
+        max_length=args.max_length or trained_max_length(checkpoint),
+        min_length=args.min_length,
         beam_size=args.beam_size,
         length_penalty=args.length_penalty,
         no_repeat_ngram=args.no_repeat_ngram,

@@ -33,6 +33,12 @@ def init_from_env(device: torch.device) -> tuple[World, torch.device]:
     if size == 1:
         return World(), device
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "mps":
+        raise ValueError("torchrun with --device mps is not supported (gloo cannot reduce MPS tensors)")
+    if device.type == "cuda" and world.local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"local rank {world.local_rank} has no GPU: this machine has {torch.cuda.device_count()}"
+        )
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -61,6 +67,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([float(flag)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def from_main(value):
+    """Rank 0's `value` on every rank (a picklable object), so all ranks decide alike."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -111,16 +111,28 @@ class ExportError(Exception):
 
 
 def _character_table() -> dict[str, str]:
-    """What normalize() turns each non-ASCII letter of the Latin ranges into, for TorchScript."""
+    """What normalize() turns non-ASCII characters into, for the scripted normaliser.
+
+    Covers the blocks where NFKD and case folding lead to ASCII: Latin letters with accents,
+    separate combining accents (to nothing), typographic punctuation, letter-like symbols and
+    number forms, ligatures and full-width forms. Other characters are dropped, as by normalize().
+    """
     table: dict[str, str] = {"\u2019": "'", "\u2018": "'", "\u02bc": "'"}
-    codes = [*range(0xC0, 0x250), *range(0x1E00, 0x1F00), *range(0x2000, 0x2070), *range(0xFB00, 0xFB07)]
-    for char in map(chr, codes):
+    blocks = [
+        (0xA0, 0x250),
+        (0x300, 0x370),
+        (0x1E00, 0x1F00),
+        (0x2000, 0x2200),
+        (0xFB00, 0xFB07),
+        (0xFF00, 0xFFF0),
+    ]
+    for char in (chr(code) for start, end in blocks for code in range(start, end)):
         if char in table:
             continue
         base = "".join(
             c for c in unicodedata.normalize("NFKD", char.casefold()) if not unicodedata.combining(c)
         )
-        if base and base.isascii():
+        if base.isascii() and base != char:
             table[char] = base
     return table
 

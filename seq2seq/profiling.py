@@ -19,8 +19,6 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-from .batching import Batch
-from .decoding import DecodeSettings, decode
 from .model import Seq2Seq
 
 STEP = "step"
@@ -57,11 +55,6 @@ def labelled_parts(model: Seq2Seq) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
-
-
-def inference_step(model: Seq2Seq, batch: Batch, settings: DecodeSettings) -> None:
-    device = next(model.parameters()).device
-    decode(model, batch.src.to(device), batch.lengths, settings)
 
 
 @dataclass

@@ -261,6 +261,7 @@ class Trainer:
         """Validation loss; a new best is saved to best_model.pth at once."""
         s = self.state
         loss, _ = teacher_forced_scores(self.step.model, self.val_batches, self.step.precision)
+        loss = distributed.from_main(loss)  # ranks agree on "best" and on early stopping, bit for bit
         s.history["val"].append([s.iteration, loss])
         if loss < s.best_val_loss:
             s.best_val_loss, s.best_iteration, s.evals_without_improvement = loss, s.iteration, 0

@@ -6,6 +6,7 @@ how raw text becomes a token sequence, and how words map to ids.
 
 from __future__ import annotations
 
+import random
 import re
 import unicodedata
 from collections import Counter
@@ -64,6 +65,13 @@ def count_words(sentences: Iterable[str]) -> Counter[str]:
     for sentence in sentences:
         counts.update(sentence.split())
     return counts
+
+
+def random_sentences(words: list[str], count: int, seed: int = 0, max_words: int = 8) -> list[str]:
+    """`count` sentences of 1 to `max_words` words drawn from `words`: stand-in queries when no
+    data file is at hand (profiling, export checks)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.randint(1, max_words))) for _ in range(count)]
 
 
 class Vocabulary:

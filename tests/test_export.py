@@ -12,7 +12,8 @@ import torch
 from seq2seq.checkpoint import build_model, load_checkpoint
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot
-from seq2seq.vocab import detokenize, normalize
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.vocab import Vocabulary, detokenize, normalize, random_sentences
 from tests.conftest import PAIRS
 from tests.test_chat import HOSTILE
 
@@ -40,13 +41,30 @@ def test_exported_replies_equal_eager_greedy(model_and_vocab, method, tmp_path):
     assert vocab.decode(loaded.forward(ids).tolist()) == ["i'm", "fine", "."]  # the tensor entry point
 
 
+@pytest.mark.parametrize("attn", ["dot", "general", "concat"])
+@pytest.mark.parametrize("layers", [(1, 2), (2, 1), (2, 2)])
+@pytest.mark.parametrize("method", ["trace", "script"])
+def test_every_architecture_exports_exactly(attn, layers, method):
+    """Untrained models of each attention score and layer pairing (the bridge's three cases)."""
+    torch.manual_seed(0)
+    vocab = Vocabulary([a + b for a in "abcdef" for b in "ghijkl"])  # words the normaliser keeps
+    model = Seq2Seq(ModelConfig(len(vocab), 12, layers[0], layers[1], 0.0, attn)).eval()
+    queries = random_sentences(vocab.index_to_word[4:], 12, seed=1)
+    eager = [detokenize(r) for r in reply_batch(model, vocab, queries, DecodeSettings(max_length=8))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bot = build_bot(model, vocab, 8, method)
+    assert [bot.reply(q) for q in queries] == eager
+
+
 def test_exported_normalisation_matches_the_package(model_and_vocab):
     model, vocab = model_and_vocab
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bot = build_bot(model, vocab, 10, "script")
     texts = [*HOSTILE, "Café crème brûlée", "I don't know... REALLY?!", "'cause we're goin' home", "a'''b",
-             "rock'n'roll", "Straße", "Wait\u2026 what", "\ufb01ne", "It\u2019s fine", "ÀÉÎÕÜ çñ"]  # fmt: skip
+             "rock'n'roll", "Straße", "Wait\u2026 what", "\ufb01ne", "It\u2019s fine", "ÀÉÎÕÜ çñ",
+             "e\u0301te\u0301 cafe\u0301s", "nai\u0308ve", "ＨＥＬＬＯ！", "ª º ™ Ⅳ", "½ ¾"]  # fmt: skip
     for text in texts:
         assert bot.normalize(text) == normalize(text), repr(text)
     assert bot.reply("") == "" and bot.reply("😀") == ""
@@ -68,7 +86,6 @@ def test_reply_works_in_a_process_that_never_imported_the_package(model_and_voca
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[:3] == ["hi there.", "my name is bob.", "False"]
-    assert str(ROOT) not in result.stdout
 
 
 def convert(*args: str, cwd: Path) -> subprocess.CompletedProcess:

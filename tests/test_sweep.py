@@ -96,6 +96,15 @@ def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
         assert (tmp_path / "images" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    config["parameters"]["clip"] = {"distribution": "normal", "mu": 1, "sigma": 1}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = run("sweep.py", ["--config", str(tmp_path / "bad.yaml"), "--trials", "1"], tmp_path)
+    assert result.returncode == 1 and "distribution normal" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "sweeps.db").exists()
+
+
 def test_sweep_refuses_a_mistyped_train_flag(tmp_path):
     result = run("sweep.py", ["--config", str(ROOT / "sweep_config.yaml"), "--trials", "1", "--lerning-rate", "0.1"],
                  tmp_path)  # fmt: skip
