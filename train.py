@@ -238,14 +238,18 @@ def setup(
 
 def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = ()) -> tuple[Trainer, str]:
     """Set up and run training (with W&B when asked); return the trainer and why it stopped."""
-    world, device = distributed.init_from_env(resolve_device(args.device))
+    try:
+        world, device = distributed.init_from_env(resolve_device(args.device))
+    except ValueError as error:  # e.g. torchrun with MPS, or more local ranks than GPUs
+        raise TrainingError(str(error)) from None
     logger = (
         WandbLogger(args) if args.use_wandb and world.is_main else None
     )  # may take a sweep agent's values
+    vars(args).update(distributed.from_main(vars(args)))  # every rank runs rank 0's configuration
     trainer, sample_queries = setup(args, checkpoint, device, world)
-    trainer.observers += observers
     if logger:
-        logger.watch(trainer, sample_queries, args)
+        logger.watch(trainer, sample_queries, args)  # first, so it sees the validation a pruner stops on
+    trainer.observers += observers
     try:
         reason = trainer.run()
     finally:

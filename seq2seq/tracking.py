@@ -19,7 +19,7 @@ import os
 import sys
 
 from .decoding import DecodeSettings, reply_batch
-from .training import Trainer, perplexity
+from .training import Trainer, TrainingError, perplexity
 from .vocab import detokenize
 
 WANDB_MODES = ("online", "offline", "disabled")
@@ -59,12 +59,16 @@ class WandbLogger:
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(
-            project=args.wandb_project,
-            entity=args.wandb_entity,
-            mode=resolve_mode(args.wandb_mode),
-            config=vars(args),
-        )
+        try:
+            self.run = wandb.init(
+                project=args.wandb_project,
+                entity=args.wandb_entity,
+                mode=resolve_mode(args.wandb_mode),
+                config=vars(args),
+            )
+        except Exception as error:  # wandb's own errors: a bad key or mode, no network, ...
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TrainingError(f"W&B could not start a run: {first} (try --wandb-mode offline)") from None
         for key, value in dict(self.run.config).items():
             if hasattr(args, key) and getattr(args, key) != value:
                 setattr(args, key, value)
