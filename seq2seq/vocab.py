@@ -44,11 +44,6 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def tokenize(text: str) -> list[str]:
-    """Normalise `text` and split it into tokens."""
-    return normalize(text).split()
-
-
 def detokenize(tokens: Iterable[str]) -> str:
     """Join tokens for display: punctuation attaches to the word before it ("i'm fine.")."""
     out = ""
