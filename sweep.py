@@ -27,7 +27,7 @@ import train
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
-from seq2seq.files import atomic_path
+from seq2seq.files import pyplot, save_figure
 from seq2seq.training import TrainingError
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -109,10 +109,7 @@ def objective(config: dict, passed: list[str], use_wandb: bool, save_root: Path)
 
 
 def write_plots(study: optuna.Study, folder: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    pyplot()  # the Agg backend, before optuna draws
     from optuna.visualization import matplotlib as optuna_plots
 
     for name, draw in [("sweep_parallel_coordinates.png", optuna_plots.plot_parallel_coordinate),
@@ -120,10 +117,7 @@ def write_plots(study: optuna.Study, folder: Path) -> None:
         axes = draw(study)
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         figure.set_size_inches(9, 5)
-        figure.tight_layout()
-        with atomic_path(folder / name) as tmp:
-            figure.savefig(tmp, format="png", dpi=110)
-        plt.close(figure)
+        save_figure(figure, folder / name)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from .files import pyplot, save_figure
 from .model import Seq2Seq
 
 STEP = "step"
@@ -154,21 +155,11 @@ def format_report(profiles: list[Profile], title: str) -> str:
 
 
 def plot_breakdown(profiles: list[Profile], path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .files import atomic_path
-
-    fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(profiles), figsize=(6 * len(profiles), 4), squeeze=False)
     for ax, p in zip(axes[0], profiles):
         names = list(p.shares)
         ax.barh(names[::-1], [p.shares[n] * 100 for n in names][::-1], color="tab:blue")
         ax.set_xlabel("share of step time (%)")
         ax.set_title(f"{p.mode}: {p.wall_seconds / p.steps * 1000:.0f} ms a step")
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
 from .checkpoint import save_checkpoint
+from .files import pyplot, save_figure
 from .model import Seq2Seq, sequence_loss
 from .vocab import PAD, Vocabulary
 
@@ -363,15 +364,8 @@ class Trainer:
 
 def plot_losses(history: dict, path: str | Path, title: str = "") -> None:
     """Train loss (averaged over windows) and validation loss against iterations, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .files import atomic_path
-
     train, val = history["train"], history["val"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     if train:
         window = max(1, len(train) // 100)
         xs = [train[min(i + window, len(train)) - 1][0] for i in range(0, len(train), window)]
@@ -387,7 +381,4 @@ def plot_losses(history: dict, path: str | Path, title: str = "") -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
