@@ -24,6 +24,7 @@ from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint
 from seq2seq.cli import (
     ArgumentParser,
     add_data_arguments,
+    boolean,
     build_data,
     dropout_rate,
     fail,
@@ -51,16 +52,39 @@ from seq2seq.training import (
 )
 from seq2seq.vocab import Vocabulary
 
-ARCHITECTURE = ("hidden_size", "encoder_layers", "decoder_layers", "attn_model", "dropout")
+ARCHITECTURE = ("hidden_size", "encoder_layers", "decoder_layers", "attn_model", "dropout", "input_dropout",
+                "output_dropout", "tie_embeddings")  # fmt: skip
 RESUME_KEYS = ("args", "optimizer", "rng", "iteration", "history", "best_val_loss", "best_iteration")
 # flags about this machine and this invocation, never taken from a checkpoint being resumed
 MACHINE_FLAGS = ("resume", "device", "num_threads", "compile", "save_dir", "plot", "source", "url",
                  "use_wandb", "wandb_project", "wandb_entity", "wandb_mode")  # fmt: skip
 SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
 
+# Named sets of defaults. "tutorial" is the PyTorch chatbot tutorial's recipe, as the seed ran it;
+# "tuned" is what README "Conversation quality" measured to generalise better, with each change's
+# share. benchmarks/quality.py trains both on the same files. Flags given explicitly still win.
+TUTORIAL = dict(iterations=4000, batch_size=64, learning_rate=1e-4, decoder_learning_ratio=5.0, clip=50.0,
+                teacher_forcing_ratio=1.0, dropout=0.1, input_dropout=0.0, output_dropout=0.0,
+                tie_embeddings=False, label_smoothing=0.0, warmup=0, lr_decay=1.0, patience=0)  # fmt: skip
+RECIPES = {
+    "tuned": {
+        **TUTORIAL,
+        "dropout": 0.3,
+        "input_dropout": 0.3,
+        "output_dropout": 0.3,
+        "tie_embeddings": True,
+        "lr_decay": 0.5,
+        "patience": 4,
+        "iterations": 8000,
+    },  # fmt: skip
+    "tutorial": TUTORIAL,
+}
+
 
 def make_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", choices=RECIPES, default="tuned",
+                   help="the defaults of the flags below: tuned, or the tutorial's (README: Conversation quality)")  # fmt: skip
     length = p.add_mutually_exclusive_group()
     length.add_argument("--iterations", type=positive_int, default=4000, help="total training iterations")
     length.add_argument(
@@ -84,16 +108,24 @@ def make_parser() -> ArgumentParser:
     p.add_argument(
         "--dropout", type=dropout_rate, default=0.1, help="dropout between GRU layers, on decoder input"
     )
+    p.add_argument("--input-dropout", type=dropout_rate, help="dropout on the encoder's embedded source")
+    p.add_argument(
+        "--output-dropout", type=dropout_rate, help="dropout before the decoder's output projection"
+    )
+    p.add_argument("--tie-embeddings", type=boolean, nargs="?", const=True, metavar="BOOL",
+                   help="the output projection reuses the embedding matrix (--tie-embeddings=false: own matrix)")  # fmt: skip
+    p.add_argument("--label-smoothing", type=probability,
+                   help="training targets' smoothing (validation loss stays plain cross-entropy)")  # fmt: skip
+    p.add_argument("--warmup", type=non_negative_int, help="iterations over which learning rates rise from 0")
+    p.add_argument("--lr-decay", type=positive_float,
+                   help="multiply learning rates by this after each validation that does not improve (1: never)")  # fmt: skip
     p.add_argument("--attn-model", choices=ATTENTION_SCORES, default="dot", help="Luong attention score")
     add_data_arguments(p, keep_built=True)
     p.add_argument("--save-dir", default="checkpoints", help="folder for last.pth and best_model.pth")
     p.add_argument("--save-every", type=positive_int, default=500, help="write last.pth every N iterations")
     p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N iterations")
     p.add_argument(
-        "--patience",
-        type=non_negative_int,
-        default=0,
-        help="stop after N validations without improvement (0: never)",
+        "--patience", type=non_negative_int, help="stop after N validations without improvement (0: never)"
     )
     p.add_argument(
         "--resume",
@@ -124,6 +156,7 @@ def make_parser() -> ArgumentParser:
         metavar="PATH",
         help="draw train and validation loss to PATH (default images/training_loss.png)",
     )
+    p.set_defaults(**RECIPES["tuned"])
     return p
 
 
@@ -131,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     """Flags, and the checkpoint to resume from. On resume the saved flags are the defaults, so
     only flags given now change; the architecture cannot change."""
     parser = make_parser()
+    recipe = parser.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**RECIPES[recipe])
     args = parser.parse_args(argv)
     if args.resume is None:
         return args, None
@@ -146,7 +181,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
     args = parser.parse_args(argv)
     args.resume = str(path)
     fixed = {
-        **{name: checkpoint["model_config"][name] for name in ARCHITECTURE},
+        **{name: checkpoint["model_config"].get(name, getattr(ModelConfig, name)) for name in ARCHITECTURE},
         "optimizer": saved["optimizer"],
     }
     for name, value in fixed.items():
@@ -175,7 +210,9 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None, world: distrib
             raise CorpusError(
                 f"cannot read {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
             ) from None
-    train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, args.max_length)
+    train = encode_pairs(
+        read_pairs(data_dir / "train.txt"), vocab, max(args.train_max_length, args.max_length)
+    )
     val_pairs = read_pairs(data_dir / "val.txt")
     val = encode_pairs(val_pairs, vocab, args.max_length)
     if not val:
@@ -201,7 +238,8 @@ def setup(
     vocab, train, val, sample_queries = load_data(args, vocab, world)
     if not checkpoint:
         config = ModelConfig(len(vocab), args.hidden_size, args.encoder_layers, args.decoder_layers,
-                             args.dropout, args.attn_model)  # fmt: skip
+                             args.dropout, args.attn_model, args.input_dropout, args.output_dropout,
+                             args.tie_embeddings)  # fmt: skip
         model = Seq2Seq(config).to(device)
     batches_per_epoch = len(train) // (args.batch_size * world.size)
     if batches_per_epoch == 0:
@@ -212,7 +250,7 @@ def setup(
         args.iterations, args.epochs = args.epochs * batches_per_epoch, None
     rates = (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
     optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
-    step = TrainStep(model, optimizer, args.clip, args.precision)
+    step = TrainStep(model, optimizer, args.clip, args.precision, args.label_smoothing)
     state = Trainer.restore(checkpoint, step) if checkpoint else None
     for group, lr in zip(optimizer.param_groups, rates):
         group["lr"] = lr  # a resumed run may be given new rates
@@ -221,7 +259,7 @@ def setup(
     if args.compile:
         model.compile(dynamic=True)
     loop = LoopSettings(args.iterations, args.batch_size, args.teacher_forcing_ratio, args.eval_every,
-                        args.save_every, args.patience, args.seed)  # fmt: skip
+                        args.save_every, args.patience, args.seed, args.warmup, args.lr_decay)  # fmt: skip
     if world.is_main:
         print(
             f"{f'resuming {args.resume} at iteration {state.iteration}' if state else 'training'}"

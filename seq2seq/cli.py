@@ -73,6 +73,16 @@ dropout_rate = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 fraction = _checked(float, lambda v: 0.0 <= v < 0.5, "a fraction in [0, 0.5)")
 
 
+def boolean(text: str) -> bool:
+    """`true`/`false` and the like, as a W&B agent writes a boolean (`--tie_embeddings=True`)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error on stderr and exit."""
     print(f"error: {message}", file=sys.stderr)
@@ -80,8 +90,9 @@ def fail(message: str, code: int = 1) -> None:
 
 
 # Pair-cutting flags: their PairSettings field names and the values download_data.py defaults to.
-DATA_FLAGS = {"max_length": "max_length", "min_count": "min_count", "rare_words": "rare_words",
-              "val_fraction": "val_fraction", "test_fraction": "test_fraction", "split_seed": "seed"}  # fmt: skip
+DATA_FLAGS = {"max_length": "max_length", "train_max_length": "train_max_length", "min_count": "min_count",
+              "rare_words": "rare_words", "val_fraction": "val_fraction", "test_fraction": "test_fraction",
+              "split_seed": "seed"}  # fmt: skip
 
 
 def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None:
@@ -108,6 +119,9 @@ def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None
     parser.add_argument("--max-length", type=positive_int, default=default("max_length"),
                         help="keep pairs whose sides are shorter than this many tokens (room for EOS)"
                         + shown("max_length"))  # fmt: skip
+    parser.add_argument("--train-max-length", type=non_negative_int, default=default("train_max_length"),
+                        help="let training pairs be this long (0: --max-length); validation, test and the "
+                        "vocabulary still follow --max-length" + shown("train_max_length"))  # fmt: skip
     parser.add_argument(
         "--min-count",
         type=positive_int,

@@ -165,9 +165,15 @@ def split_conversations(n: int, val_fraction: float, test_fraction: float, seed:
 
 @dataclass
 class PairSettings:
-    """How pairs are cut. `max_length` counts the EOS token: a side of 9 tokens fits length 10."""
+    """How pairs are cut. `max_length` counts the EOS token: a side of 9 tokens fits length 10.
+
+    `train_max_length` (0: the same) lets training pairs be longer than validation and test ones;
+    the vocabulary is still counted on training pairs within `max_length`, so it and the
+    held-out files are exactly those of a build without it.
+    """
 
     max_length: int = 10
+    train_max_length: int = 0
     min_count: int = 3
     rare_words: str = "unk"
     val_fraction: float = 0.05
@@ -201,13 +207,17 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
         raw[split].extend(conversation_pairs(conversation))
         conversation_counts[split] += 1
 
-    limit = settings.max_length - 1
+    def fits(pair: Pair, max_length: int) -> bool:
+        return pair[0].count(" ") < max_length - 1 and pair[1].count(" ") < max_length - 1
 
-    def short(pair: Pair) -> bool:
-        return pair[0].count(" ") < limit and pair[1].count(" ") < limit
-
-    short_pairs = {s: [p for p in raw[s] if short(p)] for s in SPLITS}
-    counts = count_words(side for pair in short_pairs["train"] for side in pair)
+    train_length = max(settings.train_max_length, settings.max_length)
+    short_pairs = {
+        s: [p for p in raw[s] if fits(p, train_length if s == "train" else settings.max_length)]
+        for s in SPLITS
+    }
+    counts = count_words(
+        side for pair in short_pairs["train"] if fits(pair, settings.max_length) for side in pair
+    )
     vocab = Vocabulary.from_counts(counts, settings.min_count)
     if settings.rare_words == "drop":
         known = vocab.word_to_index

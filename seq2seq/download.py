@@ -198,7 +198,9 @@ def prepare_data(
     try:
         previous = read_stats(stats_path)
         complete = all((data_dir / name).exists() for name in BUILT_FILES)
-        if previous and complete and previous.get("settings") == vars(settings) and not force:
+        settings_built = (previous or {}).get("settings")
+        built = {**vars(PairSettings()), **settings_built} if isinstance(settings_built, dict) else None
+        if built == vars(settings) and complete and not force:
             return previous | {"skipped_build": True}
         stats_path.unlink(missing_ok=True)  # the old build stops counting as finished from here on
         if source is None and previous and previous.get("corpus") and Path(previous["corpus"]).is_dir():

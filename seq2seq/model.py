@@ -34,8 +34,11 @@ class ModelConfig:
     hidden_size: int = 500
     encoder_layers: int = 2
     decoder_layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.1  # between GRU layers and on the decoder's input, as in the tutorial
     attn_model: str = "dot"
+    input_dropout: float = 0.0  # on the encoder's embedded source
+    output_dropout: float = 0.0  # on the decoder's attentional vector, before the output projection
+    tie_embeddings: bool = False  # output projection shares the embedding matrix
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,9 +115,12 @@ class Attention(nn.Module):
 class Encoder(nn.Module):
     """Bidirectional GRU over packed sequences; the two directions are summed."""
 
-    def __init__(self, embedding: nn.Embedding, hidden_size: int, n_layers: int, dropout: float):
+    def __init__(
+        self, embedding: nn.Embedding, hidden_size: int, n_layers: int, dropout: float, input_dropout: float
+    ):
         super().__init__()
         self.embedding = embedding
+        self.input_dropout = nn.Dropout(input_dropout)
         self.n_layers = n_layers
         self.gru = GRU(
             hidden_size,
@@ -128,7 +134,7 @@ class Encoder(nn.Module):
     def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """src (B, S), lengths (B,) -> outputs (B, S, H), final states per layer (L, B, H)."""
         packed = pack_padded_sequence(
-            self.embedding(src), lengths.cpu(), batch_first=True, enforce_sorted=False
+            self.input_dropout(self.embedding(src)), lengths.cpu(), batch_first=True, enforce_sorted=False
         )
         outputs, hidden = self.gru(packed)
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
@@ -156,7 +162,10 @@ class Decoder(nn.Module):
         )
         self.attention = Attention(config.attn_model, h)
         self.concat = nn.Linear(2 * h, h)
+        self.output_dropout = nn.Dropout(config.output_dropout)
         self.out = nn.Linear(h, config.vocab_size)
+        if config.tie_embeddings:  # Press & Wolf (2017): one matrix for input and output words
+            self.out.weight = embedding.weight
 
     def forward(self, inputs: Tensor, hidden: Tensor, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:
         """inputs (B, T) -> logits (B, T, V), new hidden (L, B, H), attention weights (B, T, S).
@@ -167,7 +176,7 @@ class Decoder(nn.Module):
         output, hidden = self.gru(embedded, hidden)
         context, weights = self.attention(output, memory)
         combined = torch.tanh(self.concat(torch.cat([output, context], dim=-1)))
-        return self.out(combined), hidden, weights
+        return self.out(self.output_dropout(combined)), hidden, weights
 
 
 class Seq2Seq(nn.Module):
@@ -175,7 +184,9 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=PAD)
-        self.encoder = Encoder(self.embedding, config.hidden_size, config.encoder_layers, config.dropout)
+        self.encoder = Encoder(
+            self.embedding, config.hidden_size, config.encoder_layers, config.dropout, config.input_dropout
+        )
         self.decoder = Decoder(self.embedding, config)
 
     def bridge(self, encoder_hidden: Tensor) -> Tensor:
@@ -218,8 +229,13 @@ class Seq2Seq(nn.Module):
         return torch.cat(steps, dim=1)
 
 
-def sequence_loss(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def sequence_loss(
+    logits: Tensor, target: Tensor, reduction: str = "mean", label_smoothing: float = 0.0
+) -> Tensor:
     """Cross-entropy over the non-PAD target tokens: their mean (the tutorial's masked NLL, per
-    token) or, with reduction="sum", their sum."""
+    token) or, with reduction="sum", their sum. Label smoothing is for training only: it moves
+    the loss away from the log-likelihood that perplexity reports."""
     flat = logits.reshape(-1, logits.size(-1)).float()
-    return F.cross_entropy(flat, target.reshape(-1), ignore_index=PAD, reduction=reduction)
+    return F.cross_entropy(
+        flat, target.reshape(-1), ignore_index=PAD, reduction=reduction, label_smoothing=label_smoothing
+    )

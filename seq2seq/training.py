@@ -90,9 +90,15 @@ class TrainStep:
     """
 
     def __init__(
-        self, model: Seq2Seq, optimizer: torch.optim.Optimizer, clip: float, precision: str = "fp32"
+        self,
+        model: Seq2Seq,
+        optimizer: torch.optim.Optimizer,
+        clip: float,
+        precision: str = "fp32",
+        label_smoothing: float = 0.0,
     ):
         self.model, self.optimizer, self.clip = model, optimizer, clip
+        self.label_smoothing = label_smoothing
         self.device = next(model.parameters()).device
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
@@ -103,12 +109,13 @@ class TrainStep:
             self.forward_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def __call__(self, batch: Batch, teacher_forcing: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the global batch's loss (mean per target token) and the gradient norm before clipping."""
+        """Return the global batch's loss (mean per target token, with the label smoothing it is
+        trained with) and the gradient norm before clipping."""
         batch = batch.to(self.device)
         with autocast(self.device, self.precision):
             logits = self.forward_model(batch.src, batch.lengths, batch.tgt, teacher_forcing=teacher_forcing)
         with record_function("loss"):  # named ranges for profile.py; near free when not profiling
-            total = sequence_loss(logits, batch.tgt, reduction="sum")
+            total = sequence_loss(logits, batch.tgt, reduction="sum", label_smoothing=self.label_smoothing)
             sums = distributed.all_reduce_sum(torch.stack([total.detach(), total.new_tensor(batch.n_tokens)]))
             loss = sums[0] / sums[1]
             if not torch.isfinite(loss):  # the same verdict on every rank
@@ -165,6 +172,8 @@ class LoopSettings:
     save_every: int = 500
     patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
     seed: int = 0
+    warmup: int = 0  # iterations over which the learning rates rise linearly from 0
+    lr_decay: float = 1.0  # rates are multiplied by this after each validation that does not improve
 
 
 @dataclass
@@ -206,6 +215,7 @@ class Trainer:
         self.schedule = BatchSchedule(
             len(train_examples), loop.batch_size, loop.seed, self.world.rank, self.world.size
         )
+        self.base_rates = [group["lr"] for group in step.optimizer.param_groups]
         self._stop_requested = False
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -300,6 +310,9 @@ class Trainer:
             while s.iteration < loop.iterations:
                 batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
                 teacher_forcing = self.teacher_forcing(s.iteration)
+                scale = self.lr_scale(s.iteration)
+                for group, rate in zip(self.step.optimizer.param_groups, self.base_rates):
+                    group["lr"] = rate * scale
                 try:
                     loss, grad_norm = self.step(batch, teacher_forcing)
                 except TrainingError as error:
@@ -356,6 +369,19 @@ class Trainer:
         iteration, so every rank agrees and a resumed run decides as an unbroken one."""
         ratio = self.loop.teacher_forcing_ratio
         return ratio >= 1.0 or random.Random(self.loop.seed * 1_000_003 + iteration).random() < ratio
+
+    def lr_scale(self, iteration: int) -> float:
+        """The learning rates' multiplier before iteration `iteration + 1`: a linear warm-up, then
+        `lr_decay` to the power of the validations so far that did not beat the best before them.
+        A pure function of the iteration and the validation history, so a resume continues it."""
+        loop, best, plateaus = self.loop, math.inf, 0
+        for _, loss in self.state.history["val"]:
+            if loss < best:
+                best = loss
+            else:
+                plateaus += 1
+        warmup = min(1.0, (iteration + 1) / loop.warmup) if loop.warmup else 1.0
+        return warmup * loop.lr_decay**plateaus
 
     def recent_train_loss(self) -> float:
         recent = self.state.history["train"][-self.loop.eval_every :]

@@ -1,0 +1,195 @@
+"""Held-out quality of training recipes trained on the same files, side by side (issue 10).
+
+    python benchmarks/quality.py                      # tutorial vs tuned recipe, bf16, one after the other
+    python benchmarks/quality.py --jobs 2             # both at once, a core each
+    python benchmarks/quality.py --run no-tie="--recipe tuned --tie-embeddings=false"
+
+Every run is train.py with its flags, into OUT/NAME/ (log in OUT/NAME/train.log), on the same
+data/ (so the same training and validation files, vocabulary and UNK policy). A finished run is
+reused on the next call and an interrupted one resumes, so adding a run costs only that run.
+Each best_model.pth (chosen on validation loss) is then scored by evaluate.py's code on the test
+file: perplexity, and greedy replies' BLEU, distinct-1/2 and top-10 share. Prints the validation
+curve of every run and the summary, and draws the curves to images/quality_curves.png.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import evaluate  # noqa: E402
+from seq2seq.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from seq2seq.cli import ArgumentParser, fail, positive_int  # noqa: E402
+from seq2seq.files import pyplot, save_figure, write_text_atomic  # noqa: E402
+from seq2seq.training import perplexity  # noqa: E402
+
+RECIPE_RUNS = {"tutorial": "--recipe tutorial", "tuned": "--recipe tuned"}
+
+
+def parse_run(text: str) -> tuple[str, str]:
+    name, eq, flags = text.partition("=")
+    if not eq or not name or "/" in name:
+        raise ValueError(f'expected NAME="train.py flags", got {text!r}')
+    return name, flags
+
+
+def train_run(name: str, flags: str, args, threads: int) -> dict:
+    """Train one run (or finish or reuse it); return its finished record."""
+    folder = Path(args.out) / name
+    done = folder / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, str(ROOT / "train.py"), *shlex.split(flags), "--save-dir", str(folder),
+            "--data-dir", args.data_dir, "--precision", args.precision, "--num-threads", str(threads)]  # fmt: skip
+    if (folder / "last.pth").exists():
+        argv.append("--resume")
+    print(f"{name}: {shlex.join(argv[1:])}", file=sys.stderr)
+    started = time.perf_counter()
+    with open(folder / "train.log", "a") as log:
+        code = subprocess.run(argv, stdout=log, stderr=log, cwd=ROOT).returncode
+    if code != 0:
+        raise RuntimeError(f"run {name} failed (exit {code}); see {folder}/train.log")
+    record = {"name": name, "flags": flags, "seconds": time.perf_counter() - started}
+    write_text_atomic(done, json.dumps(record) + "\n")
+    return record
+
+
+def score_run(record: dict, args) -> dict:
+    """Curves from the run's checkpoint, and evaluate.py's figures for its best model on the test file."""
+    folder = Path(args.out) / record["name"]
+    checkpoint = load_checkpoint(folder / "last.pth")
+    eval_args = evaluate.make_parser().parse_args(
+        [
+            "--model-path",
+            str(folder / "best_model.pth"),
+            "--test-data",
+            str(Path(args.data_dir) / "test.txt"),
+            "--samples",
+            str(args.samples),
+        ]  # fmt: skip
+    )
+    return {
+        **record,
+        "args": checkpoint["args"],
+        "history": checkpoint["history"],
+        "best_val_loss": checkpoint["best_val_loss"],
+        "best_iteration": checkpoint["best_iteration"],
+        "iterations": checkpoint["iteration"],
+        "test": evaluate.evaluate(eval_args),
+    }
+
+
+def curve_table(results: list[dict], every: int) -> str:
+    """Rows of iterations, a train and a validation column per run (the issue's table, transposed)."""
+    last = max(r["iterations"] for r in results)
+    header = "| iteration | " + " | ".join(f"{r['name']} train | {r['name']} val" for r in results) + " |"
+    lines = [header, "|" + " --- |" * (1 + 2 * len(results))]
+    for it in range(every, last + 1, every):
+        cells = []
+        for r in results:
+            train = [loss for i, loss in r["history"]["train"] if it - every < i <= it]
+            val = dict(map(tuple, r["history"]["val"])).get(it)
+            cells.append(f"{sum(train) / len(train):.2f}" if train else "")
+            bold = "**" if it == r["best_iteration"] else ""
+            cells.append(f"{bold}{val:.2f}{bold}" if val is not None else "")
+        lines.append(f"| {it:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(results: list[dict]) -> str:
+    rows = [
+        ("best validation perplexity", lambda r: f"{perplexity(r['best_val_loss']):.2f}"),
+        ("at iteration", lambda r: f"{r['best_iteration']:,} of {r['iterations']:,}"),
+        ("test perplexity", lambda r: f"{r['test']['perplexity']:.2f}"),
+        ("test token accuracy", lambda r: f"{r['test']['token_accuracy']:.2%}"),
+        ("BLEU (greedy)", lambda r: f"{r['test']['bleu']:.2f}"),
+        ("distinct-1", lambda r: f"{r['test']['distinct_1']:.4f}"),
+        ("distinct-2", lambda r: f"{r['test']['distinct_2']:.4f}"),
+        ("top-10 replies' share", lambda r: f"{r['test']['top10_reply_share']:.1%}"),
+        ("average reply length", lambda r: f"{r['test']['avg_reply_length']:.2f}"),
+        ("training time", lambda r: f"{r['seconds'] / 60:.0f} min"),
+    ]
+    lines = ["| | " + " | ".join(r["name"] for r in results) + " |", "|" + " --- |" * (1 + len(results))]
+    lines += [f"| {label} | " + " | ".join(cell(r) for r in results) + " |" for label, cell in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(results: list[dict], path: str) -> None:
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
+    for r, color in zip(
+        results, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+    ):
+        train = r["history"]["train"]
+        window = 250
+        xs = list(range(window, len(train) + 1, window))
+        ax.plot(xs, [sum(v for _, v in train[x - window : x]) / window for x in xs], ":", color=color,
+                label=f"{r['name']} train")  # fmt: skip
+        val = r["history"]["val"]
+        ax.plot(
+            [i for i, _ in val], [v for _, v in val], "o-", ms=3, color=color, label=f"{r['name']} validation"
+        )
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy per token")
+    ax.set_title("held-out loss by recipe (same train/val files)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main() -> None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", action="append", metavar='NAME="FLAGS"',
+                   help="a run: its name and train.py flags (default: the tutorial and tuned recipes)")  # fmt: skip
+    p.add_argument("--data-dir", default="data", help="built data/ every run trains and is scored on")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="bf16", help="training precision of every run"
+    )
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once (cores are shared out)")
+    p.add_argument("--out", default="checkpoints/quality", help="folder of the runs")
+    p.add_argument(
+        "--every", type=positive_int, default=500, help="iterations between the curve table's rows"
+    )
+    p.add_argument("--samples", type=positive_int, default=8, help="test exchanges shown per run")
+    p.add_argument("--plot", default="images/quality_curves.png", help="where to draw the curves")
+    args = p.parse_args()
+    try:
+        runs = dict(parse_run(text) for text in args.run) if args.run else RECIPE_RUNS
+    except ValueError as error:
+        fail(str(error))
+    if not (Path(args.data_dir) / "stats.json").exists():
+        fail(f"{args.data_dir}/ is not built: run download_data.py first")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    try:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            records = list(pool.map(lambda item: train_run(*item, args, threads), runs.items()))
+        results = [score_run(record, args) for record in records]
+    except (RuntimeError, CheckpointError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted: runs resume from their last.pth on the next call", 130)
+    write_text_atomic(Path(args.out) / "results.json", json.dumps(results, indent=1) + "\n")
+    plot_curves(results, args.plot)
+    print("validation loss (training loss is the mean since the previous row; ** marks the best)")
+    print(curve_table(results, args.every))
+    print("\nbest checkpoints on the test file")
+    print(summary_table(results))
+    for i in range(args.samples):
+        sample = results[0]["test"]["samples"][i] if i < len(results[0]["test"]["samples"]) else None
+        if sample is None:
+            break
+        print(f"\n> {sample['query']}\n  reference: {sample['reference']}")
+        for r in results:
+            print(f"  {r['name']}: {r['test']['samples'][i]['reply']}")
+    print(f"\ncurves: {args.plot}; every figure: {args.out}/results.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Issue 10's levers and recipes: presets, tied embeddings, extra dropout, label smoothing, the
+learning-rate schedule, longer training pairs, and benchmarks/quality.py."""
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from seq2seq.checkpoint import build_model, load_checkpoint
+from seq2seq.cornell import PairSettings, make_pairs, read_pairs
+from seq2seq.decoding import DecodeSettings, reply_batch
+from seq2seq.download import prepare_data, read_stats
+from seq2seq.export import build_bot
+from seq2seq.model import ModelConfig, Seq2Seq, sequence_loss
+from seq2seq.training import LoopSettings, Trainer, TrainStep, make_optimizer
+from seq2seq.vocab import PAD, Vocabulary, detokenize, random_sentences
+from tests.conftest import PAIRS, write_pair_corpus
+from tests.test_training import tiny_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_recipes_set_defaults_and_explicit_flags_win():
+    tuned, _ = train.parse_args([])
+    tutorial, _ = train.parse_args(["--recipe", "tutorial"])
+    assert all(getattr(tutorial, k) == v for k, v in train.TUTORIAL.items())
+    assert all(getattr(tuned, k) == v for k, v in train.RECIPES["tuned"].items())
+    assert tuned.recipe == "tuned" and tuned.tie_embeddings and not tutorial.tie_embeddings
+    mixed, _ = train.parse_args(["--recipe", "tutorial", "--dropout", "0.25", "--tie_embeddings=True"])
+    assert mixed.dropout == 0.25 and mixed.tie_embeddings is True and mixed.learning_rate == 1e-4
+    assert train.parse_args(["--tie-embeddings=false"])[0].tie_embeddings is False
+
+
+def test_bad_boolean_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--tie-embeddings=maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_tied_embeddings_share_one_matrix_through_a_checkpoint(pair_dir, tmp_path):
+    untied = Seq2Seq(ModelConfig(50, 8, 1, 1))
+    tied = Seq2Seq(ModelConfig(50, 8, 1, 1, tie_embeddings=True))
+    assert tied.decoder.out.weight is tied.embedding.weight
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(untied) - count(tied) == 50 * 8
+    tiny_run(pair_dir, tmp_path, "--iterations", "4", "--tie-embeddings")
+    model, _ = build_model(load_checkpoint(tmp_path / "last.pth"))
+    assert model.decoder.out.weight is model.embedding.weight
+    assert torch.equal(model.decoder.out.weight, model.embedding.weight)
+
+
+def test_tied_model_exports_exactly():
+    torch.manual_seed(0)
+    vocab = Vocabulary([a + b for a in "abcdef" for b in "ghijkl"])
+    model = Seq2Seq(ModelConfig(len(vocab), 12, 2, 2, 0.0, "general", tie_embeddings=True)).eval()
+    queries = random_sentences(vocab.index_to_word[4:], 8, seed=1)
+    eager = [detokenize(r) for r in reply_batch(model, vocab, queries, DecodeSettings(max_length=8))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bot = build_bot(model, vocab, 8, "script")
+    assert [bot.reply(q) for q in queries] == eager
+
+
+def test_extra_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(30, 16, 1, 1, 0.0, "dot", input_dropout=0.5, output_dropout=0.5))
+    src, lengths, tgt = torch.randint(4, 30, (3, 5)), torch.tensor([5, 4, 2]), torch.randint(4, 30, (3, 4))
+    model.train()
+    assert not torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
+    model.eval()
+    assert torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
+
+
+def test_a_checkpoint_from_before_these_options_still_loads():
+    model = Seq2Seq(ModelConfig(20, 8, 1, 1))
+    config = {k: v for k, v in model.config.to_dict().items()
+              if k not in ("input_dropout", "output_dropout", "tie_embeddings")}  # fmt: skip
+    vocab = Vocabulary([f"w{i}" for i in range(16)])
+    loaded, _ = build_model({"model_config": config, "model": model.state_dict(), "vocab": vocab.to_dict()})
+    assert loaded.config.tie_embeddings is False and loaded.config.input_dropout == 0.0
+
+
+def test_label_smoothing_matches_a_hand_computation():
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4]]])
+    target = torch.tensor([[1, PAD]])  # the PAD position does not count
+    eps = 0.1
+    logp = F.log_softmax(logits[0, 0], dim=-1)
+    expected = (1 - eps) * -logp[1] - eps * logp.mean()
+    assert sequence_loss(logits, target, label_smoothing=eps).item() == pytest.approx(
+        expected.item(), abs=1e-6
+    )
+    assert sequence_loss(logits, target).item() == pytest.approx(-logp[1].item(), abs=1e-6)
+
+
+def _trainer(history: list, warmup: int, decay: float) -> Trainer:
+    model = Seq2Seq(ModelConfig(10, 4, 1, 1))
+    step = TrainStep(model, make_optimizer(model, "adam", 1.0, 2.0), clip=1.0)
+    vocab = Vocabulary([f"w{i}" for i in range(6)])
+    loop = LoopSettings(100, 2, warmup=warmup, lr_decay=decay)
+    trainer = Trainer(step, vocab, [([4], [5])] * 4, [], loop, "unused", {})
+    trainer.state.history["val"] = history
+    return trainer
+
+
+def test_learning_rate_warms_up_then_halves_at_each_plateau():
+    assert [_trainer([], 4, 1.0).lr_scale(i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # 3.0 (best), 3.1 (plateau), 2.9 (best), 2.95 and 2.9 (two plateaus: equal is no improvement)
+    history = [[10, 3.0], [20, 3.1], [30, 2.9], [40, 2.95], [50, 2.9]]
+    assert _trainer(history, 0, 0.5).lr_scale(60) == 0.5**3
+    assert _trainer(history, 0, 1.0).lr_scale(60) == 1.0
+
+
+def test_schedule_sets_both_groups_and_a_resume_continues_it(pair_dir, tmp_path):
+    flags = ["--warmup", "4", "--lr-decay", "0.5", "--learning-rate", "0.01", "--label-smoothing", "0.1",
+             "--input-dropout", "0.2", "--output-dropout", "0.2", "--tie-embeddings", "--seed", "2"]  # fmt: skip
+    tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--iterations", "5", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--resume", "--iterations", "9")
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"] == b["history"]
+    groups = a["optimizer"]["param_groups"]
+    best, plateaus = math.inf, 0
+    for iteration, loss in a["history"]["val"]:
+        if iteration < 9:  # the rates of iteration 9 were set before its validation
+            plateaus += loss >= best
+            best = min(best, loss)
+    assert groups[0]["lr"] == pytest.approx(0.01 * 0.5**plateaus)
+    assert groups[1]["lr"] == pytest.approx(0.01 * 5.0 * 0.5**plateaus)
+
+
+def test_longer_training_pairs_leave_held_out_files_and_vocabulary_alone(tmp_path):
+    long_side = " ".join(["long"] * 12)
+    conversations = [["hi there .", long_side, "ok ."], ["hi .", "yo ."]] * 5
+    settings = dict(min_count=1, val_fraction=0.2, test_fraction=0.2, seed=3)
+    short = make_pairs(conversations, PairSettings(**settings))
+    longer = make_pairs(conversations, PairSettings(train_max_length=16, **settings))
+    assert longer.splits["val"] == short.splits["val"] and longer.splits["test"] == short.splits["test"]
+    assert longer.vocab.index_to_word == short.vocab.index_to_word  # "long" is not counted
+    assert set(longer.splits["train"]) - set(short.splits["train"]) == {("hi there .", long_side),
+                                                                         (long_side, "ok .")}  # fmt: skip
+
+
+def test_train_script_reads_the_longer_pairs(tmp_path, capsys):
+    pairs = PAIRS + [("tell me a long story please my friend", "once upon a time there was a very small bot")]
+    corpus = write_pair_corpus(tmp_path / "corpus", pairs, copies=3)
+    settings = PairSettings(min_count=1, val_fraction=0.1, test_fraction=0.1, train_max_length=14)
+    prepare_data(tmp_path / "data", settings, source=str(corpus))
+    n_long = sum(1 for q, r in read_pairs(tmp_path / "data" / "train.txt") if len(r.split()) > 9)
+    assert n_long > 0
+    tiny_run(tmp_path / "data", tmp_path / "run", "--iterations", "1")
+    assert f"{len(read_pairs(tmp_path / 'data' / 'train.txt'))} pairs" in capsys.readouterr().err.replace(
+        ",", ""
+    )
+
+
+def test_a_build_from_before_train_max_length_is_not_rebuilt(pair_dir):
+    stats_path = pair_dir / "stats.json"
+    stats = read_stats(stats_path)
+    del stats["settings"]["train_max_length"]
+    stats_path.write_text(json.dumps(stats))
+    settings = PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.1)
+    assert prepare_data(pair_dir, settings).get("skipped_build")
+
+
+def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
+    tiny = (
+        "--hidden-size 8 --encoder-layers 1 --decoder-layers 1 --batch-size 4 --iterations 6 --eval-every 3"
+    )
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
+               "--out", str(tmp_path / "runs"), "--precision", "fp32", "--jobs", "2", "--every", "3",
+               "--samples", "2", "--plot", str(tmp_path / "curves.png"),
+               "--run", f"base=--recipe tutorial {tiny}", "--run", f"tied=--recipe tuned {tiny} --patience 0"]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "| iteration | base train | base val | tied train | tied val |" in first.stdout
+    assert "| 6 |" in first.stdout and "best validation perplexity" in first.stdout
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert [r["name"] for r in results] == ["base", "tied"]
+    assert results[1]["args"]["tie_embeddings"] and not results[0]["args"]["tie_embeddings"]
+    val = dict(map(tuple, results[0]["history"]["val"]))
+    assert results[0]["best_val_loss"] == min(val.values())
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and "train.py" not in again.stderr  # nothing retrained
+    assert again.stdout.split("curves:")[0] == first.stdout.split("curves:")[0]
+
+
+def test_quality_benchmark_refuses_a_malformed_run(pair_dir, tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
+               "--run", "no-equals-sign"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "expected NAME=" in result.stderr
