@@ -69,6 +69,8 @@ TUTORIAL = dict(iterations=4000, batch_size=64, learning_rate=1e-4, decoder_lear
 RECIPES = {
     "tuned": {
         **TUTORIAL,
+        "learning_rate": 5e-4,
+        "decoder_learning_ratio": 1.0,
         "dropout": 0.3,
         "input_dropout": 0.3,
         "output_dropout": 0.3,
@@ -76,7 +78,7 @@ RECIPES = {
         "lr_decay": 0.5,
         "patience": 4,
         "iterations": 8000,
-    },  # fmt: skip
+    },
     "tutorial": TUTORIAL,
 }
 

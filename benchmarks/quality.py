@@ -40,6 +40,28 @@ def parse_run(text: str) -> tuple[str, str]:
     return name, flags
 
 
+def lock(folder: Path) -> Path:
+    """Claim a run's folder, so two calls never train the same run at once; a dead owner's claim lapses."""
+    path = folder / "running.pid"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text())  # empty: a claim cut short
+                os.kill(owner, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # left by a process that is gone
+                continue
+            raise RuntimeError(
+                f"{folder} is being trained by process {owner}; wait for it or stop it"
+            ) from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return path
+    raise RuntimeError(f"cannot claim {folder}")
+
+
 def train_run(name: str, flags: str, args, threads: int) -> dict:
     """Train one run (or finish or reuse it); return its finished record."""
     folder = Path(args.out) / name
@@ -47,8 +69,17 @@ def train_run(name: str, flags: str, args, threads: int) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, str(ROOT / "train.py"), *shlex.split(flags), "--save-dir", str(folder),
-            "--data-dir", args.data_dir, "--precision", args.precision, "--num-threads", str(threads)]  # fmt: skip
+    claim = lock(folder)
+    try:
+        return _train(name, flags, args, threads, folder)
+    finally:
+        claim.unlink(missing_ok=True)
+
+
+def _train(name: str, flags: str, args, threads: int, folder: Path) -> dict:
+    done = folder / "done.json"
+    argv = [sys.executable, str(ROOT / "train.py"), "--data-dir", args.data_dir, "--precision", args.precision,
+            "--num-threads", str(threads), *shlex.split(flags), "--save-dir", str(folder)]  # fmt: skip
     if (folder / "last.pth").exists():
         argv.append("--resume")
     print(f"{name}: {shlex.join(argv[1:])}", file=sys.stderr)

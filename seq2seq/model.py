@@ -165,6 +165,11 @@ class Decoder(nn.Module):
         self.output_dropout = nn.Dropout(config.output_dropout)
         self.out = nn.Linear(h, config.vocab_size)
         if config.tie_embeddings:  # Press & Wolf (2017): one matrix for input and output words
+            # nn.Embedding's N(0, 1) rows would give logits of norm ~sqrt(h) at the start: use the
+            # scale an output layer starts with instead (the PAD row stays zero)
+            with torch.no_grad():
+                embedding.weight.normal_(0.0, h**-0.5)
+                embedding.weight[PAD].zero_()
             self.out.weight = embedding.weight
 
     def forward(self, inputs: Tensor, hidden: Tensor, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:

@@ -3,6 +3,7 @@ learning-rate schedule, longer training pairs, and benchmarks/quality.py."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -190,6 +191,7 @@ def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
     assert results[1]["args"]["tie_embeddings"] and not results[0]["args"]["tie_embeddings"]
     val = dict(map(tuple, results[0]["history"]["val"]))
     assert results[0]["best_val_loss"] == min(val.values())
+    assert not list((tmp_path / "runs").glob("*/running.pid"))  # claims released
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "train.py" not in again.stderr  # nothing retrained
     assert again.stdout.split("curves:")[0] == first.stdout.split("curves:")[0]
@@ -201,3 +203,14 @@ def test_quality_benchmark_refuses_a_malformed_run(pair_dir, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "expected NAME=" in result.stderr
+
+
+def test_quality_benchmark_will_not_train_a_run_another_process_trains(pair_dir, tmp_path):
+    folder = tmp_path / "runs" / "base"
+    folder.mkdir(parents=True)
+    (folder / "running.pid").write_text(str(os.getpid()))  # this process is alive
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
+               "--out", str(tmp_path / "runs"), "--run", "base=--iterations 1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and f"being trained by process {os.getpid()}" in result.stderr
+    assert not (folder / "last.pth").exists()
