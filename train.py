@@ -65,7 +65,8 @@ SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validat
 # share. benchmarks/quality.py trains both on the same files. Flags given explicitly still win.
 TUTORIAL = dict(iterations=4000, batch_size=64, learning_rate=1e-4, decoder_learning_ratio=5.0, clip=50.0,
                 teacher_forcing_ratio=1.0, dropout=0.1, input_dropout=0.0, output_dropout=0.0,
-                tie_embeddings=False, label_smoothing=0.0, warmup=0, lr_decay=1.0, patience=0)  # fmt: skip
+                tie_embeddings=False, label_smoothing=0.0, warmup=0, lr_decay=1.0, patience=0,
+                long_pairs=False)  # fmt: skip
 RECIPES = {
     "tuned": {
         **TUTORIAL,
@@ -75,6 +76,7 @@ RECIPES = {
         "input_dropout": 0.3,
         "output_dropout": 0.3,
         "tie_embeddings": True,
+        "long_pairs": True,
         "lr_decay": 0.5,
         "patience": 4,
         "iterations": 8000,
@@ -116,6 +118,9 @@ def make_parser() -> ArgumentParser:
     )
     p.add_argument("--tie-embeddings", type=boolean, nargs="?", const=True, metavar="BOOL",
                    help="the output projection reuses the embedding matrix (--tie-embeddings=false: own matrix)")  # fmt: skip
+    p.add_argument("--long-pairs", type=boolean, nargs="?", const=True, metavar="BOOL",
+                   help="also train on the pairs longer than --max-length that train.txt holds "
+                   "(download_data.py --train-max-length); validation is unchanged")  # fmt: skip
     p.add_argument("--label-smoothing", type=probability,
                    help="training targets' smoothing (validation loss stays plain cross-entropy)")  # fmt: skip
     p.add_argument("--warmup", type=non_negative_int, help="iterations over which learning rates rise from 0")
@@ -212,9 +217,14 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None, world: distrib
             raise CorpusError(
                 f"cannot read {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
             ) from None
-    train = encode_pairs(
-        read_pairs(data_dir / "train.txt"), vocab, max(args.train_max_length, args.max_length)
-    )
+    longest = max(args.train_max_length, args.max_length) if args.long_pairs else args.max_length
+    train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, longest)
+    if args.long_pairs and args.train_max_length <= args.max_length and world.is_main:
+        print(
+            f"note: --long-pairs, but {data_dir}/ holds no training pairs longer than --max-length "
+            f"{args.max_length}; rebuild it with --train-max-length 20 to train on them",
+            file=sys.stderr,
+        )
     val_pairs = read_pairs(data_dir / "val.txt")
     val = encode_pairs(val_pairs, vocab, args.max_length)
     if not val:

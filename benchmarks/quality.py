@@ -183,7 +183,8 @@ def main() -> None:
     p.add_argument(
         "--precision", choices=("fp32", "bf16"), default="bf16", help="training precision of every run"
     )
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once (cores are shared out)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once")
+    p.add_argument("--threads", type=positive_int, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--out", default="checkpoints/quality", help="folder of the runs")
     p.add_argument(
         "--every", type=positive_int, default=500, help="iterations between the curve table's rows"
@@ -197,7 +198,7 @@ def main() -> None:
         fail(str(error))
     if not (Path(args.data_dir) / "stats.json").exists():
         fail(f"{args.data_dir}/ is not built: run download_data.py first")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
             records = list(pool.map(lambda item: train_run(*item, args, threads), runs.items()))

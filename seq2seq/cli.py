@@ -12,7 +12,7 @@ import torch
 from .checkpoint import build_model, load_checkpoint, trained_max_length
 from .cornell import RARE_WORD_POLICIES, PairSettings
 from .decoding import METHODS, DecodeSettings
-from .download import CORPUS_URL, DataError, format_stats, prepare_data, read_stats
+from .download import CORPUS_URL, DataError, built_settings, format_stats, prepare_data, read_stats
 from .model import Seq2Seq
 from .training import resolve_device
 from .vocab import Vocabulary
@@ -120,8 +120,8 @@ def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None
                         help="keep pairs whose sides are shorter than this many tokens (room for EOS)"
                         + shown("max_length"))  # fmt: skip
     parser.add_argument("--train-max-length", type=non_negative_int, default=default("train_max_length"),
-                        help="let training pairs be this long (0: --max-length); validation, test and the "
-                        "vocabulary still follow --max-length" + shown("train_max_length"))  # fmt: skip
+                        help="training pairs may be this long (train.py --long-pairs uses them); validation, "
+                        "test and the vocabulary still follow --max-length" + shown("train_max_length"))  # fmt: skip
     parser.add_argument(
         "--min-count",
         type=positive_int,
@@ -156,7 +156,7 @@ def pair_settings(args: argparse.Namespace) -> PairSettings:
 
     The resolved values are written back onto `args`, so what a run records is what it used.
     """
-    built = (read_stats(Path(args.data_dir) / "stats.json") or {}).get("settings", {})
+    built = built_settings(read_stats(Path(args.data_dir) / "stats.json")) or {}
     fallback = {**vars(PairSettings()), **built}
     values = {}
     for flag, field in DATA_FLAGS.items():

@@ -167,13 +167,14 @@ def split_conversations(n: int, val_fraction: float, test_fraction: float, seed:
 class PairSettings:
     """How pairs are cut. `max_length` counts the EOS token: a side of 9 tokens fits length 10.
 
-    `train_max_length` (0: the same) lets training pairs be longer than validation and test ones;
-    the vocabulary is still counted on training pairs within `max_length`, so it and the
-    held-out files are exactly those of a build without it.
+    `train_max_length` lets training pairs be longer than validation and test ones (0 or any
+    value up to `max_length`: no longer). The vocabulary is still counted on training pairs
+    within `max_length`, so it and the held-out files are exactly those of a build without
+    longer pairs; train.py uses the longer pairs only when asked (`--long-pairs`).
     """
 
     max_length: int = 10
-    train_max_length: int = 0
+    train_max_length: int = 20
     min_count: int = 3
     rare_words: str = "unk"
     val_fraction: float = 0.05

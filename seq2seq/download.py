@@ -198,9 +198,7 @@ def prepare_data(
     try:
         previous = read_stats(stats_path)
         complete = all((data_dir / name).exists() for name in BUILT_FILES)
-        settings_built = (previous or {}).get("settings")
-        built = {**vars(PairSettings()), **settings_built} if isinstance(settings_built, dict) else None
-        if built == vars(settings) and complete and not force:
+        if built_settings(previous) == vars(settings) and complete and not force:
             return previous | {"skipped_build": True}
         stats_path.unlink(missing_ok=True)  # the old build stops counting as finished from here on
         if source is None and previous and previous.get("corpus") and Path(previous["corpus"]).is_dir():
@@ -233,6 +231,12 @@ def prepare_data(
             f"cannot build {data_dir}: {error.strerror or error} ({error.filename or ''})"
         ) from None
     return stats
+
+
+def built_settings(stats: dict | None) -> dict | None:
+    """The pair settings a finished build used (builds from before `train_max_length` had none: 0)."""
+    settings = (stats or {}).get("settings")
+    return {"train_max_length": 0, **settings} if isinstance(settings, dict) else None
 
 
 def read_stats(path: Path) -> dict | None:

@@ -78,7 +78,8 @@ def test_length_filter_counts_eos():
     too_long = " ".join(["w"] * 10)
     conversations = [["a", long_side, "b"], ["a", too_long, "b"]]
     paired = make_pairs(
-        conversations, PairSettings(max_length=10, min_count=1, val_fraction=0, test_fraction=0)
+        conversations,
+        PairSettings(max_length=10, train_max_length=0, min_count=1, val_fraction=0, test_fraction=0),
     )
     assert sorted(paired.splits["train"]) == sorted([("a", long_side), (long_side, "b")])
     assert paired.stats["pairs"] == {"raw": 4, "after_length_filter": 2, "after_trimming": 2}

@@ -119,7 +119,7 @@ def test_learning_rate_warms_up_then_halves_at_each_plateau():
 
 
 def test_schedule_sets_both_groups_and_a_resume_continues_it(pair_dir, tmp_path):
-    flags = ["--warmup", "4", "--lr-decay", "0.5", "--learning-rate", "0.01", "--label-smoothing", "0.1",
+    flags = ["--warmup", "4", "--lr-decay", "0.5", "--learning-rate", "0.01", "--decoder-learning-ratio", "3", "--label-smoothing", "0.1",
              "--input-dropout", "0.2", "--output-dropout", "0.2", "--tie-embeddings", "--seed", "2"]  # fmt: skip
     tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
     tiny_run(pair_dir, tmp_path / "split", "--iterations", "5", *flags)
@@ -136,14 +136,14 @@ def test_schedule_sets_both_groups_and_a_resume_continues_it(pair_dir, tmp_path)
             plateaus += loss >= best
             best = min(best, loss)
     assert groups[0]["lr"] == pytest.approx(0.01 * 0.5**plateaus)
-    assert groups[1]["lr"] == pytest.approx(0.01 * 5.0 * 0.5**plateaus)
+    assert groups[1]["lr"] == pytest.approx(0.01 * a["args"]["decoder_learning_ratio"] * 0.5**plateaus)
 
 
 def test_longer_training_pairs_leave_held_out_files_and_vocabulary_alone(tmp_path):
     long_side = " ".join(["long"] * 12)
     conversations = [["hi there .", long_side, "ok ."], ["hi .", "yo ."]] * 5
     settings = dict(min_count=1, val_fraction=0.2, test_fraction=0.2, seed=3)
-    short = make_pairs(conversations, PairSettings(**settings))
+    short = make_pairs(conversations, PairSettings(train_max_length=0, **settings))
     longer = make_pairs(conversations, PairSettings(train_max_length=16, **settings))
     assert longer.splits["val"] == short.splits["val"] and longer.splits["test"] == short.splits["test"]
     assert longer.vocab.index_to_word == short.vocab.index_to_word  # "long" is not counted
@@ -156,12 +156,20 @@ def test_train_script_reads_the_longer_pairs(tmp_path, capsys):
     corpus = write_pair_corpus(tmp_path / "corpus", pairs, copies=3)
     settings = PairSettings(min_count=1, val_fraction=0.1, test_fraction=0.1, train_max_length=14)
     prepare_data(tmp_path / "data", settings, source=str(corpus))
-    n_long = sum(1 for q, r in read_pairs(tmp_path / "data" / "train.txt") if len(r.split()) > 9)
+    train_pairs = read_pairs(tmp_path / "data" / "train.txt")
+    n_long = sum(1 for q, r in train_pairs if len(r.split()) > 9)
     assert n_long > 0
-    tiny_run(tmp_path / "data", tmp_path / "run", "--iterations", "1")
-    assert f"{len(read_pairs(tmp_path / 'data' / 'train.txt'))} pairs" in capsys.readouterr().err.replace(
-        ",", ""
-    )
+    tiny_run(tmp_path / "data", tmp_path / "run", "--iterations", "1")  # the tuned recipe: --long-pairs
+    assert f"training: {len(train_pairs)} pairs" in capsys.readouterr().err
+    tiny_run(tmp_path / "data", tmp_path / "short", "--iterations", "1", "--recipe", "tutorial")
+    assert f"training: {len(train_pairs) - n_long} pairs" in capsys.readouterr().err
+
+
+def test_long_pairs_on_a_build_without_them_says_so(pair_dir, tmp_path, capsys):
+    settings = json.loads((pair_dir / "stats.json").read_text())["settings"]
+    assert settings["train_max_length"] == 20  # the default build
+    tiny_run(pair_dir, tmp_path, "--iterations", "1", "--train-max-length", "0")
+    assert "holds no training pairs longer than --max-length 10" in capsys.readouterr().err
 
 
 def test_a_build_from_before_train_max_length_is_not_rebuilt(pair_dir):
@@ -169,8 +177,8 @@ def test_a_build_from_before_train_max_length_is_not_rebuilt(pair_dir):
     stats = read_stats(stats_path)
     del stats["settings"]["train_max_length"]
     stats_path.write_text(json.dumps(stats))
-    settings = PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.1)
-    assert prepare_data(pair_dir, settings).get("skipped_build")
+    settings = PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.1, train_max_length=0)
+    assert prepare_data(pair_dir, settings).get("skipped_build")  # such a build had no longer pairs
 
 
 def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
