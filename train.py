@@ -1,8 +1,9 @@
 """Train the seq2seq chatbot on data/train.txt, validating on data/val.txt.
 
-    python train.py                                     # the tutorial's recipe, 4,000 iterations
-    python train.py --precision bf16 --iterations 8000  # faster on CPUs with bf16 support
-    python train.py --resume --iterations 6000          # continue checkpoints/last.pth to 6,000
+    python train.py                                     # the tuned recipe (README: Conversation quality)
+    python train.py --recipe tutorial                   # the PyTorch tutorial's recipe, 4,000 iterations
+    python train.py --precision bf16                    # faster on CPUs with bf16 support
+    python train.py --resume --iterations 10000         # continue checkpoints/last.pth to 10,000
 
 Builds data/ first if it is missing (give --source for an offline copy of the corpus).
 Every flag is also accepted in snake case (--learning_rate=0.0003), as a W&B agent passes it.

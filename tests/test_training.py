@@ -206,7 +206,8 @@ def test_data_flags_rebuild_data_when_they_differ(pair_dir, tmp_path):
     tiny_run(pair_dir, tmp_path, "--iterations", "1", "--max-length", "5")  # rebuilt from the same corpus
     after = json.loads((pair_dir / "stats.json").read_text())
     assert after["settings"] == {**before, "max_length": 5}
-    assert all(len(side.split()) < 5 for pair in read_pairs(pair_dir / "train.txt") for side in pair)
+    for split in ("val", "test"):  # (train.txt may also hold pairs up to --train-max-length)
+        assert all(len(side.split()) < 5 for pair in read_pairs(pair_dir / f"{split}.txt") for side in pair)
     assert load_checkpoint(tmp_path / "last.pth")["args"]["max_length"] == 5
 
 
