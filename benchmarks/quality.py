@@ -67,7 +67,10 @@ def train_run(name: str, flags: str, args, threads: int) -> dict:
     folder = Path(args.out) / name
     done = folder / "done.json"
     if done.exists():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if record["flags"] != flags:
+            print(f"{name}: reusing the finished run, trained with {record['flags']!r}", file=sys.stderr)
+        return record
     folder.mkdir(parents=True, exist_ok=True)
     claim = lock(folder)
     try:
@@ -86,9 +89,12 @@ def _train(name: str, flags: str, args, threads: int, folder: Path) -> dict:
     started = time.perf_counter()
     with open(folder / "train.log", "a") as log:
         code = subprocess.run(argv, stdout=log, stderr=log, cwd=ROOT).returncode
+    timer = folder / "seconds.json"  # training time over every call that trained this run
+    seconds = (json.loads(timer.read_text()) if timer.exists() else 0.0) + time.perf_counter() - started
+    write_text_atomic(timer, json.dumps(seconds) + "\n")
     if code != 0:
         raise RuntimeError(f"run {name} failed (exit {code}); see {folder}/train.log")
-    record = {"name": name, "flags": flags, "seconds": time.perf_counter() - started}
+    record = {"name": name, "flags": flags, "seconds": seconds}
     write_text_atomic(done, json.dumps(record) + "\n")
     return record
 
@@ -123,10 +129,11 @@ def curve_table(results: list[dict], every: int) -> str:
     last = max(r["iterations"] for r in results)
     header = "| iteration | " + " | ".join(f"{r['name']} train | {r['name']} val" for r in results) + " |"
     lines = [header, "|" + " --- |" * (1 + 2 * len(results))]
-    for it in range(every, last + 1, every):
+    rows = sorted(set(range(every, last + 1, every)) | {r["best_iteration"] for r in results})
+    for previous, it in zip([0, *rows], rows):
         cells = []
         for r in results:
-            train = [loss for i, loss in r["history"]["train"] if it - every < i <= it]
+            train = [loss for i, loss in r["history"]["train"] if previous < i <= it]
             val = dict(map(tuple, r["history"]["val"])).get(it)
             cells.append(f"{sum(train) / len(train):.2f}" if train else "")
             bold = "**" if it == r["best_iteration"] else ""
