@@ -27,6 +27,7 @@ from seq2seq.cli import (
     add_data_arguments,
     boolean,
     build_data,
+    decay_factor,
     dropout_rate,
     fail,
     non_negative_int,
@@ -86,10 +87,12 @@ RECIPES = {
 }
 
 
-def make_parser() -> ArgumentParser:
+def make_parser(recipe: str = "tuned") -> ArgumentParser:
+    """The flags, with `recipe`'s values as their defaults (so --help shows them)."""
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", choices=RECIPES, default="tuned",
-                   help="the defaults of the flags below: tuned, or the tutorial's (README: Conversation quality)")  # fmt: skip
+    p.add_argument("--recipe", choices=RECIPES, default=recipe,
+                   help="the defaults of the flags below: tuned, or the tutorial's (README: Conversation "
+                   "quality); a resumed run keeps its own")  # fmt: skip
     length = p.add_mutually_exclusive_group()
     length.add_argument("--iterations", type=positive_int, default=4000, help="total training iterations")
     length.add_argument(
@@ -118,14 +121,15 @@ def make_parser() -> ArgumentParser:
         "--output-dropout", type=dropout_rate, help="dropout before the decoder's output projection"
     )
     p.add_argument("--tie-embeddings", type=boolean, nargs="?", const=True, metavar="BOOL",
-                   help="the output projection reuses the embedding matrix (--tie-embeddings=false: own matrix)")  # fmt: skip
+                   help="the output projection reuses the embedding matrix, which learns at the encoder's "
+                   "rate (--tie-embeddings=false: its own matrix)")  # fmt: skip
     p.add_argument("--long-pairs", type=boolean, nargs="?", const=True, metavar="BOOL",
                    help="also train on the pairs longer than --max-length that train.txt holds "
                    "(download_data.py --train-max-length); validation is unchanged")  # fmt: skip
-    p.add_argument("--label-smoothing", type=probability,
+    p.add_argument("--label-smoothing", type=dropout_rate,
                    help="training targets' smoothing (validation loss stays plain cross-entropy)")  # fmt: skip
     p.add_argument("--warmup", type=non_negative_int, help="iterations over which learning rates rise from 0")
-    p.add_argument("--lr-decay", type=positive_float,
+    p.add_argument("--lr-decay", type=decay_factor,
                    help="multiply learning rates by this after each validation that does not improve (1: never)")  # fmt: skip
     p.add_argument("--attn-model", choices=ATTENTION_SCORES, default="dot", help="Luong attention score")
     add_data_arguments(p, keep_built=True)
@@ -164,20 +168,31 @@ def make_parser() -> ArgumentParser:
         metavar="PATH",
         help="draw train and validation loss to PATH (default images/training_loss.png)",
     )
-    p.set_defaults(**RECIPES["tuned"])
+    p.set_defaults(**RECIPES[recipe])
     return p
+
+
+def _recipe_and_resume(argv: list[str] | None) -> argparse.Namespace:
+    """Just --recipe, --resume and --save-dir, read before the full parser is built."""
+    p = ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--recipe", choices=RECIPES)
+    p.add_argument("--resume", nargs="?", const="")
+    p.add_argument("--save-dir", default="checkpoints")
+    return p.parse_known_args(argv)[0]
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict | None]:
     """Flags, and the checkpoint to resume from. On resume the saved flags are the defaults, so
     only flags given now change; the architecture cannot change."""
-    parser = make_parser()
-    recipe = parser.parse_known_args(argv)[0].recipe
-    parser.set_defaults(**RECIPES[recipe])
-    args = parser.parse_args(argv)
-    if args.resume is None:
+    early = _recipe_and_resume(argv)
+    if early.resume is None:
+        recipe = early.recipe or "tuned"
+        parser = make_parser(recipe)
+        args = parser.parse_args(argv)
+        if args.recipe != recipe:  # an abbreviated --recipe, which the early reading does not see
+            parser.error("spell --recipe in full")
         return args, None
-    path = Path(args.resume or Path(args.save_dir) / "last.pth")
+    path = Path(early.resume or Path(early.save_dir) / "last.pth")
     checkpoint = load_checkpoint(path)
     missing = [key for key in RESUME_KEYS if key not in checkpoint]
     if missing or not isinstance(checkpoint["args"], dict) or "optimizer" not in checkpoint["args"]:
@@ -185,7 +200,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict 
             f"{path} cannot be resumed: it lacks the training state ({', '.join(missing) or 'args'})"
         )
     saved = checkpoint["args"]
-    parser.set_defaults(**{k: v for k, v in saved.items() if k not in MACHINE_FLAGS})
+    recipe = saved.get("recipe", "tutorial")  # runs from before recipes had the tutorial's values
+    if early.recipe not in (None, recipe):
+        raise CheckpointError(
+            f"--recipe {early.recipe} differs from the checkpoint's {recipe}; a resumed run keeps it"
+        )
+    parser = make_parser(recipe)
+    parser.set_defaults(**{k: v for k, v in saved.items() if k not in MACHINE_FLAGS} | {"recipe": recipe})
     args = parser.parse_args(argv)
     args.resume = str(path)
     fixed = {

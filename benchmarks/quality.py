@@ -12,6 +12,7 @@ file: perplexity, and greedy replies' BLEU, distinct-1/2 and top-10 share. Print
 curve of every run and the summary, and draws the curves to images/quality_curves.png.
 """
 
+import fcntl
 import json
 import os
 import shlex
@@ -40,26 +41,17 @@ def parse_run(text: str) -> tuple[str, str]:
     return name, flags
 
 
-def lock(folder: Path) -> Path:
-    """Claim a run's folder, so two calls never train the same run at once; a dead owner's claim lapses."""
-    path = folder / "running.pid"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = int(path.read_text())  # empty: a claim cut short
-                os.kill(owner, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # left by a process that is gone
-                continue
-            raise RuntimeError(
-                f"{folder} is being trained by process {owner}; wait for it or stop it"
-            ) from None
-        os.write(fd, str(os.getpid()).encode())
+def claim(folder: Path) -> int:
+    """Lock a run's folder so two calls never train the same run at once. The lock is an flock
+    that train.py inherits, so it holds while the training does, even if this process is killed,
+    and goes with the last process holding it."""
+    fd = os.open(folder / "running.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
-        return path
-    raise RuntimeError(f"cannot claim {folder}")
+        raise RuntimeError(f"{folder} is being trained by another process; wait for it or stop it") from None
+    return fd
 
 
 def train_run(name: str, flags: str, args, threads: int) -> dict:
@@ -67,36 +59,35 @@ def train_run(name: str, flags: str, args, threads: int) -> dict:
     folder = Path(args.out) / name
     done = folder / "done.json"
     if done.exists():
-        record = json.loads(done.read_text())
-        if record["flags"] != flags:
-            print(f"{name}: reusing the finished run, trained with {record['flags']!r}", file=sys.stderr)
+        try:
+            record = json.loads(done.read_text())
+            trained_with = record["flags"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise RuntimeError(f"{done} is damaged: delete it to train {name} again") from None
+        if trained_with != flags:
+            print(f"{name}: reusing the finished run, trained with {trained_with!r}", file=sys.stderr)
         return record
     folder.mkdir(parents=True, exist_ok=True)
-    claim = lock(folder)
+    fd = claim(folder)
     try:
-        return _train(name, flags, args, threads, folder)
+        argv = [sys.executable, str(ROOT / "train.py"), "--data-dir", args.data_dir, "--precision", args.precision,
+                "--num-threads", str(threads), *shlex.split(flags), "--save-dir", str(folder)]  # fmt: skip
+        if (folder / "last.pth").exists():
+            argv.append("--resume")
+        print(f"{name}: {shlex.join(argv[1:])}", file=sys.stderr)
+        started = time.perf_counter()
+        with open(folder / "train.log", "a") as log:
+            code = subprocess.run(argv, stdout=log, stderr=log, cwd=ROOT, pass_fds=(fd,)).returncode
+        timer = folder / "seconds.json"  # training time over every call that trained this run
+        seconds = (json.loads(timer.read_text()) if timer.exists() else 0.0) + time.perf_counter() - started
+        write_text_atomic(timer, json.dumps(seconds) + "\n")
+        if code != 0:
+            raise RuntimeError(f"run {name} failed (exit {code}); see {folder}/train.log")
+        record = {"name": name, "flags": flags, "seconds": seconds}
+        write_text_atomic(done, json.dumps(record) + "\n")
+        return record
     finally:
-        claim.unlink(missing_ok=True)
-
-
-def _train(name: str, flags: str, args, threads: int, folder: Path) -> dict:
-    done = folder / "done.json"
-    argv = [sys.executable, str(ROOT / "train.py"), "--data-dir", args.data_dir, "--precision", args.precision,
-            "--num-threads", str(threads), *shlex.split(flags), "--save-dir", str(folder)]  # fmt: skip
-    if (folder / "last.pth").exists():
-        argv.append("--resume")
-    print(f"{name}: {shlex.join(argv[1:])}", file=sys.stderr)
-    started = time.perf_counter()
-    with open(folder / "train.log", "a") as log:
-        code = subprocess.run(argv, stdout=log, stderr=log, cwd=ROOT).returncode
-    timer = folder / "seconds.json"  # training time over every call that trained this run
-    seconds = (json.loads(timer.read_text()) if timer.exists() else 0.0) + time.perf_counter() - started
-    write_text_atomic(timer, json.dumps(seconds) + "\n")
-    if code != 0:
-        raise RuntimeError(f"run {name} failed (exit {code}); see {folder}/train.log")
-    record = {"name": name, "flags": flags, "seconds": seconds}
-    write_text_atomic(done, json.dumps(record) + "\n")
-    return record
+        os.close(fd)
 
 
 def score_run(record: dict, args) -> dict:

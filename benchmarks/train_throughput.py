@@ -14,6 +14,7 @@ With --parity-iterations N it then trains the default model N iterations on data
 bf16 (same seed, same batches) and prints both validation losses: bf16 should land within 2%.
 """
 
+import json
 import statistics
 import sys
 import time
@@ -79,7 +80,7 @@ def random_batches(n: int, batch_size: int, vocab_size: int, max_length: int, se
 def precision_parity(data_dir: Path, iterations: int, device: torch.device) -> None:
     """Train fp32 and bf16 side by side on the real data and compare validation losses."""
     train_pairs, val_pairs = read_pairs(data_dir / "train.txt"), read_pairs(data_dir / "val.txt")
-    vocab = Vocabulary.build((side for pair in train_pairs for side in pair), min_count=3)
+    vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))
     train, val = encode_pairs(train_pairs, vocab, 10), iterate_batches(encode_pairs(val_pairs, vocab, 10), 64)
     schedule = BatchSchedule(len(train), 64, seed=0)
     results = {}

@@ -71,6 +71,7 @@ positive_float = _checked(float, lambda v: v > 0 and v != float("inf"), "a posit
 probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 dropout_rate = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 fraction = _checked(float, lambda v: 0.0 <= v < 0.5, "a fraction in [0, 0.5)")
+decay_factor = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 def boolean(text: str) -> bool:
@@ -196,7 +197,7 @@ def add_decoding_arguments(parser: ArgumentParser) -> None:
         "--top-p", type=probability, default=1.0, help="sample from this much probability mass"
     )
     parser.add_argument("--max-length", type=positive_int,
-                        help="longest reply in tokens with EOS (default: the checkpoint's training limit)")  # fmt: skip
+                        help="longest reply in tokens with EOS (default: the checkpoint's --max-length)")  # fmt: skip
     parser.add_argument("--min-length", type=positive_int, default=1, help="tokens before a reply may end")
     parser.add_argument("--seed", type=non_negative_int, help="seed for reproducible sampling")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -166,7 +166,8 @@ class Decoder(nn.Module):
         self.out = nn.Linear(h, config.vocab_size)
         if config.tie_embeddings:  # Press & Wolf (2017): one matrix for input and output words
             # nn.Embedding's N(0, 1) rows would give logits of norm ~sqrt(h) at the start: use the
-            # scale an output layer starts with instead (the PAD row stays zero)
+            # scale an output layer starts with instead. (The PAD row starts at zero; as an output
+            # row it then learns, harmlessly: PAD inputs are packed away or masked.)
             with torch.no_grad():
                 embedding.weight.normal_(0.0, h**-0.5)
                 embedding.weight[PAD].zero_()

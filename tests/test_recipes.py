@@ -1,9 +1,9 @@
 """Issue 10's levers and recipes: presets, tied embeddings, extra dropout, label smoothing, the
 learning-rate schedule, longer training pairs, and benchmarks/quality.py."""
 
+import fcntl
 import json
 import math
-import os
 import subprocess
 import sys
 import warnings
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import train
-from seq2seq.checkpoint import build_model, load_checkpoint
+from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from seq2seq.cornell import PairSettings, make_pairs, read_pairs
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.download import prepare_data, read_stats
@@ -57,7 +57,8 @@ def test_tied_embeddings_share_one_matrix_through_a_checkpoint(pair_dir, tmp_pat
     assert torch.equal(model.decoder.out.weight, model.embedding.weight)
 
 
-def test_tied_model_exports_exactly():
+@pytest.mark.parametrize("method", ["trace", "script"])
+def test_tied_model_exports_exactly(method):
     torch.manual_seed(0)
     vocab = Vocabulary([a + b for a in "abcdef" for b in "ghijkl"])
     model = Seq2Seq(ModelConfig(len(vocab), 12, 2, 2, 0.0, "general", tie_embeddings=True)).eval()
@@ -65,18 +66,46 @@ def test_tied_model_exports_exactly():
     eager = [detokenize(r) for r in reply_batch(model, vocab, queries, DecodeSettings(max_length=8))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bot = build_bot(model, vocab, 8, "script")
+        bot = build_bot(model, vocab, 8, method)
     assert [bot.reply(q) for q in queries] == eager
 
 
-def test_extra_dropout_acts_in_training_only():
+@pytest.mark.parametrize("where", ["input_dropout", "output_dropout"])
+def test_extra_dropout_acts_in_training_only(where):
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(30, 16, 1, 1, 0.0, "dot", input_dropout=0.5, output_dropout=0.5))
+    model = Seq2Seq(ModelConfig(30, 16, 1, 1, 0.0, "dot", **{where: 0.5}))
     src, lengths, tgt = torch.randint(4, 30, (3, 5)), torch.tensor([5, 4, 2]), torch.randint(4, 30, (3, 4))
     model.train()
     assert not torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
     model.eval()
     assert torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
+
+
+def test_a_run_from_before_recipes_resumes_as_it_was(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2", "--recipe", "tutorial")
+    checkpoint = load_checkpoint(tmp_path / "last.pth")
+    new = ("recipe", "input_dropout", "output_dropout", "tie_embeddings", "long_pairs", "label_smoothing",
+           "warmup", "lr_decay")  # fmt: skip
+    for key in new:  # what a checkpoint written before these options lacks
+        checkpoint["args"].pop(key)
+        checkpoint["model_config"].pop(key, None)
+    save_checkpoint(tmp_path / "last.pth", checkpoint)
+    args, _ = train.parse_args(["--resume", str(tmp_path / "last.pth")])
+    assert args.recipe == "tutorial" and not args.long_pairs and not args.tie_embeddings
+    assert args.input_dropout == 0.0 and args.lr_decay == 1.0
+    tiny_run(pair_dir, tmp_path, "--resume", "--iterations", "4")
+    assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4
+    with pytest.raises(CheckpointError, match="--recipe tuned differs from the checkpoint's tutorial"):
+        train.parse_args(["--resume", str(tmp_path / "last.pth"), "--recipe", "tuned"])
+
+
+def test_recipe_help_shows_that_recipes_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--recipe", "tutorial", "--help"])
+    assert "0.0001)" in capsys.readouterr().out.replace("\n", " ").replace(" ", "")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "(default:0.0005)" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
 
 
 def test_a_checkpoint_from_before_these_options_still_loads():
@@ -199,7 +228,9 @@ def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
     assert results[1]["args"]["tie_embeddings"] and not results[0]["args"]["tie_embeddings"]
     val = dict(map(tuple, results[0]["history"]["val"]))
     assert results[0]["best_val_loss"] == min(val.values())
-    assert not list((tmp_path / "runs").glob("*/running.pid"))  # claims released
+    for lock in (tmp_path / "runs").glob("*/running.lock"):  # claims released
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "train.py" not in again.stderr  # nothing retrained
     assert again.stdout.split("curves:")[0] == first.stdout.split("curves:")[0]
@@ -216,9 +247,13 @@ def test_quality_benchmark_refuses_a_malformed_run(pair_dir, tmp_path):
 def test_quality_benchmark_will_not_train_a_run_another_process_trains(pair_dir, tmp_path):
     folder = tmp_path / "runs" / "base"
     folder.mkdir(parents=True)
-    (folder / "running.pid").write_text(str(os.getpid()))  # this process is alive
     command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
                "--out", str(tmp_path / "runs"), "--run", "base=--iterations 1"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 1 and f"being trained by process {os.getpid()}" in result.stderr
+    with open(folder / "running.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a training in progress holds it
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and "being trained by another process" in result.stderr
     assert not (folder / "last.pth").exists()
+    (folder / "done.json").write_text("{not json")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and "done.json is damaged" in result.stderr
