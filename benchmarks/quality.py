@@ -66,7 +66,7 @@ def train_run(name: str, flags: str, args, threads: int) -> dict:
             raise RuntimeError(f"{done} is damaged: delete it to train {name} again") from None
         if trained_with != flags:
             print(f"{name}: reusing the finished run, trained with {trained_with!r}", file=sys.stderr)
-        return record
+        return {**record, "name": name}  # the folder's name, should it have been renamed
     folder.mkdir(parents=True, exist_ok=True)
     fd = claim(folder)
     try:
