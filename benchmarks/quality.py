@@ -167,7 +167,7 @@ def plot_curves(results: list[dict], path: str) -> None:
         )
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy per token")
-    ax.set_title("held-out loss by recipe (same train/val files)")
+    ax.set_title("training (dotted) and validation loss; every run validated on the same pairs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
