@@ -46,9 +46,14 @@ def test_exported_replies_equal_eager_greedy(model_and_vocab, method, tmp_path):
 @pytest.mark.parametrize("method", ["trace", "script"])
 def test_every_architecture_exports_exactly(attn, layers, method):
     """Untrained models of each attention score and layer pairing (the bridge's three cases)."""
+    assert_untrained_model_exports_exactly(method, layers[0], layers[1], 0.0, attn)
+
+
+def assert_untrained_model_exports_exactly(method: str, *config, **options) -> None:
+    """An untrained ModelConfig(vocabulary, 12, *config, **options) replies as its export does."""
     torch.manual_seed(0)
     vocab = Vocabulary([a + b for a in "abcdef" for b in "ghijkl"])  # words the normaliser keeps
-    model = Seq2Seq(ModelConfig(len(vocab), 12, layers[0], layers[1], 0.0, attn)).eval()
+    model = Seq2Seq(ModelConfig(len(vocab), 12, *config, **options)).eval()
     queries = random_sentences(vocab.index_to_word[4:], 12, seed=1)
     eager = [detokenize(r) for r in reply_batch(model, vocab, queries, DecodeSettings(max_length=8))]
     with warnings.catch_warnings():

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,12 @@ import torch.nn.functional as F
 import train
 from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from seq2seq.cornell import PairSettings, make_pairs, read_pairs
-from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.download import prepare_data, read_stats
-from seq2seq.export import build_bot
 from seq2seq.model import ModelConfig, Seq2Seq, sequence_loss
 from seq2seq.training import LoopSettings, Trainer, TrainStep, make_optimizer
-from seq2seq.vocab import PAD, Vocabulary, detokenize, random_sentences
+from seq2seq.vocab import PAD, Vocabulary
 from tests.conftest import PAIRS, write_pair_corpus
+from tests.test_export import assert_untrained_model_exports_exactly
 from tests.test_training import tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,15 +57,7 @@ def test_tied_embeddings_share_one_matrix_through_a_checkpoint(pair_dir, tmp_pat
 
 @pytest.mark.parametrize("method", ["trace", "script"])
 def test_tied_model_exports_exactly(method):
-    torch.manual_seed(0)
-    vocab = Vocabulary([a + b for a in "abcdef" for b in "ghijkl"])
-    model = Seq2Seq(ModelConfig(len(vocab), 12, 2, 2, 0.0, "general", tie_embeddings=True)).eval()
-    queries = random_sentences(vocab.index_to_word[4:], 8, seed=1)
-    eager = [detokenize(r) for r in reply_batch(model, vocab, queries, DecodeSettings(max_length=8))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bot = build_bot(model, vocab, 8, method)
-    assert [bot.reply(q) for q in queries] == eager
+    assert_untrained_model_exports_exactly(method, 2, 2, 0.0, "general", tie_embeddings=True)
 
 
 @pytest.mark.parametrize("where", ["input_dropout", "output_dropout"])
