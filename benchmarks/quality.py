@@ -94,15 +94,16 @@ def score_run(record: dict, args) -> dict:
     """Curves from the run's checkpoint, and evaluate.py's figures for its best model on the test file."""
     folder = Path(args.out) / record["name"]
     checkpoint = load_checkpoint(folder / "last.pth")
+    test_data = Path(args.data_dir) / "test.txt"
     eval_args = evaluate.make_parser().parse_args(
         [
             "--model-path",
             str(folder / "best_model.pth"),
             "--test-data",
-            str(Path(args.data_dir) / "test.txt"),
+            str(test_data),
             "--samples",
             str(args.samples),
-        ]  # fmt: skip
+        ]
     )
     return {
         **record,
@@ -156,8 +157,7 @@ def plot_curves(results: list[dict], path: str) -> None:
     for r, color in zip(
         results, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
     ):
-        train = r["history"]["train"]
-        window = 250
+        train, window = r["history"]["train"], 250
         xs = list(range(window, len(train) + 1, window))
         ax.plot(xs, [sum(v for _, v in train[x - window : x]) / window for x in xs], ":", color=color,
                 label=f"{r['name']} train")  # fmt: skip
