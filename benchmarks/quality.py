@@ -3,10 +3,13 @@
     python benchmarks/quality.py                      # tutorial vs tuned recipe, bf16, one after the other
     python benchmarks/quality.py --jobs 2             # both at once, a core each
     python benchmarks/quality.py --run no-tie="--recipe tuned --tie-embeddings=false"
+    python benchmarks/quality.py --jobs 8 --minutes 7 --precision fp32   # on one GPU, 7 minutes a run
 
 Every run is train.py with its flags, into OUT/NAME/ (log in OUT/NAME/train.log), on the same
 data/ (so the same training and validation files, vocabulary and UNK policy). A finished run is
 reused on the next call and an interrupted one resumes, so adding a run costs only that run.
+With --minutes, a run still training when its time is up is stopped as if by Ctrl-C (train.py
+saves it) and counts as finished: its best checkpoint so far is what gets scored.
 Each best_model.pth (chosen on validation loss) is then scored by evaluate.py's code on the test
 file: perplexity, and greedy replies' BLEU, distinct-1/2 and top-10 share. Prints the validation
 curve of every run and the summary, and draws the curves to images/quality_curves.png.
@@ -16,6 +19,7 @@ import fcntl
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 from seq2seq.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from seq2seq.cli import ArgumentParser, fail, positive_int  # noqa: E402
+from seq2seq.cli import ArgumentParser, fail, positive_float, positive_int  # noqa: E402
 from seq2seq.files import pyplot, save_figure, write_text_atomic  # noqa: E402
 from seq2seq.training import perplexity  # noqa: E402
 
@@ -75,19 +79,38 @@ def train_run(name: str, flags: str, args, threads: int) -> dict:
         if (folder / "last.pth").exists():
             argv.append("--resume")
         print(f"{name}: {shlex.join(argv[1:])}", file=sys.stderr)
+        timer = folder / "seconds.json"  # training time over every call that trained this run
+        spent = json.loads(timer.read_text()) if timer.exists() else 0.0
         started = time.perf_counter()
         with open(folder / "train.log", "a") as log:
-            code = subprocess.run(argv, stdout=log, stderr=log, cwd=ROOT, pass_fds=(fd,)).returncode
-        timer = folder / "seconds.json"  # training time over every call that trained this run
-        seconds = (json.loads(timer.read_text()) if timer.exists() else 0.0) + time.perf_counter() - started
+            code, out_of_time = run_within(argv, log, fd, args.minutes * 60 - spent if args.minutes else None)
+        seconds = spent + time.perf_counter() - started
         write_text_atomic(timer, json.dumps(seconds) + "\n")
-        if code != 0:
+        if out_of_time and not (folder / "last.pth").exists():
+            raise RuntimeError(
+                f"run {name} ran out of time before it started training; give it more --minutes"
+            )
+        if code != 0 and not (out_of_time and code == 130):
             raise RuntimeError(f"run {name} failed (exit {code}); see {folder}/train.log")
-        record = {"name": name, "flags": flags, "seconds": seconds}
+        record = {"name": name, "flags": flags, "seconds": seconds, "out_of_time": out_of_time}
         write_text_atomic(done, json.dumps(record) + "\n")
         return record
     finally:
         os.close(fd)
+
+
+def run_within(argv: list[str], log, fd: int, seconds: float | None) -> tuple[int, bool]:
+    """Run train.py; past `seconds`, stop it as Ctrl-C would (it saves, then exits 130). Return its
+    exit code and whether time ran out. Ctrl-C here reaches train.py too: wait for it to save."""
+    process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT, pass_fds=(fd,))
+    try:
+        return process.wait(timeout=max(seconds, 0.0) if seconds is not None else None), False
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        return process.wait(), True
+    except KeyboardInterrupt:
+        process.wait()
+        raise
 
 
 def score_run(record: dict, args) -> dict:
@@ -145,7 +168,10 @@ def summary_table(results: list[dict]) -> str:
         ("distinct-2", lambda r: f"{r['test']['distinct_2']:.4f}"),
         ("top-10 replies' share", lambda r: f"{r['test']['top10_reply_share']:.1%}"),
         ("average reply length", lambda r: f"{r['test']['avg_reply_length']:.2f}"),
-        ("training time", lambda r: f"{r['seconds'] / 60:.0f} min"),
+        (
+            "training time",
+            lambda r: f"{r['seconds'] / 60:.0f} min" + (" (limit)" if r.get("out_of_time") else ""),
+        ),
     ]
     lines = ["| | " + " | ".join(r["name"] for r in results) + " |", "|" + " --- |" * (1 + len(results))]
     lines += [f"| {label} | " + " | ".join(cell(r) for r in results) + " |" for label, cell in rows]
@@ -154,9 +180,8 @@ def summary_table(results: list[dict]) -> str:
 
 def plot_curves(results: list[dict], path: str) -> None:
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
-    for r, color in zip(
-        results, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
-    ):
+    for i, r in enumerate(results):
+        color = f"C{i % 10}"
         train, window = r["history"]["train"], 250
         xs = list(range(window, len(train) + 1, window))
         ax.plot(xs, [sum(v for _, v in train[x - window : x]) / window for x in xs], ":", color=color,
@@ -183,6 +208,8 @@ def main() -> None:
     )
     p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once")
     p.add_argument("--threads", type=positive_int, help="torch threads per run (default: cores / jobs)")
+    p.add_argument("--minutes", type=positive_float,
+                   help="training time per run (its calls together), after which it stops and counts as finished")  # fmt: skip
     p.add_argument("--out", default="checkpoints/quality", help="folder of the runs")
     p.add_argument(
         "--every", type=positive_int, default=500, help="iterations between the curve table's rows"

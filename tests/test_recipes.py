@@ -247,3 +247,25 @@ def test_quality_benchmark_will_not_train_a_run_another_process_trains(pair_dir,
     (folder / "done.json").write_text("{not json")
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1 and "done.json is damaged" in result.stderr
+
+
+def test_quality_benchmark_stops_a_run_at_its_time_limit_and_scores_it(pair_dir, tmp_path):
+    endless = "--hidden-size 8 --encoder-layers 1 --decoder-layers 1 --batch-size 4 --iterations 1000000 " \
+        "--eval-every 5 --patience 0"  # fmt: skip
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
+               "--out", str(tmp_path / "runs"), "--precision", "fp32", "--plot", str(tmp_path / "curves.png"),
+               "--minutes", "0.2", "--run", f"endless=--recipe tutorial {endless}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(limit)" in result.stdout  # the summary says the run was cut by its budget
+    [run] = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert run["out_of_time"] and run["seconds"] >= 12
+    assert 0 < run["best_iteration"] <= run["iterations"] < 1000000
+    assert run["test"]["perplexity"] > 0  # its best checkpoint was scored
+
+    command[command.index("0.2")] = "0.001"  # stopped before train.py even starts
+    command[command.index(str(tmp_path / "runs"))] = str(tmp_path / "other")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 1 and result.stderr.count("\n") == 2  # the run's command line, then the error
+    assert "ran out of time before it started training" in result.stderr
+    assert not (tmp_path / "other" / "endless" / "done.json").exists()
