@@ -174,7 +174,7 @@ class PairSettings:
     """
 
     max_length: int = 10
-    train_max_length: int = 20
+    train_max_length: int = 30
     min_count: int = 3
     rare_words: str = "unk"
     val_fraction: float = 0.05

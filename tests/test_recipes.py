@@ -95,7 +95,7 @@ def test_recipe_help_shows_that_recipes_defaults(capsys):
     assert "0.0001)" in capsys.readouterr().out.replace("\n", " ").replace(" ", "")
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
-    assert "(default:0.0005)" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
+    assert "(default:0.001)" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
 
 
 def test_a_checkpoint_from_before_these_options_still_loads():
@@ -186,7 +186,7 @@ def test_train_script_reads_the_longer_pairs(tmp_path, capsys):
 
 def test_long_pairs_on_a_build_without_them_says_so(pair_dir, tmp_path, capsys):
     settings = json.loads((pair_dir / "stats.json").read_text())["settings"]
-    assert settings["train_max_length"] == 20  # the default build
+    assert settings["train_max_length"] == 30  # the default build
     tiny_run(pair_dir, tmp_path, "--iterations", "1", "--train-max-length", "0")
     assert "holds no training pairs longer than --max-length 10" in capsys.readouterr().err
 
