@@ -68,7 +68,10 @@ def test_every_sweep_parameter_is_a_train_flag_in_the_agents_spelling():
 
 
 def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
-    flags = ["--config", str(ROOT / "sweep_config.yaml"), "--images", str(tmp_path / "images"),
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    config["parameters"]["batch_size"] = {"values": [4, 8]}  # the tiny corpus holds fewer than 64 pairs
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    flags = ["--config", str(tmp_path / "sweep.yaml"), "--images", str(tmp_path / "images"),
              "--data-dir", str(pair_dir), *TINY, "--iterations", "4", "--save-every", "4"]  # fmt: skip
     first = run("sweep.py", [*flags, "--trials", "1"], tmp_path)  # a sweep that stopped after one trial
     assert first.returncode == 0, first.stderr[-2000:]
