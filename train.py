@@ -36,7 +36,7 @@ from seq2seq.cli import (
     positive_int,
     probability,
 )
-from seq2seq.cornell import CorpusError, read_pairs
+from seq2seq.cornell import CorpusError, PairSettings, read_pairs
 from seq2seq.model import ATTENTION_SCORES, ModelConfig, Seq2Seq
 from seq2seq.tracking import WANDB_MODES, WandbLogger
 from seq2seq.training import (
@@ -60,6 +60,7 @@ RESUME_KEYS = ("args", "optimizer", "rng", "iteration", "history", "best_val_los
 # flags about this machine and this invocation, never taken from a checkpoint being resumed
 MACHINE_FLAGS = ("resume", "device", "num_threads", "compile", "save_dir", "plot", "source", "url",
                  "use_wandb", "wandb_project", "wandb_entity", "wandb_mode")  # fmt: skip
+SAVE_DIR = "checkpoints"  # --save-dir's default, read by both parsers below
 SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
 
 # Named sets of defaults. "tutorial" is the PyTorch chatbot tutorial's recipe, as the seed ran it;
@@ -134,7 +135,7 @@ def make_parser(recipe: str = "tuned") -> ArgumentParser:
                    help="multiply learning rates by this after each validation that does not improve (1: never)")  # fmt: skip
     p.add_argument("--attn-model", choices=ATTENTION_SCORES, default="dot", help="Luong attention score")
     add_data_arguments(p, keep_built=True)
-    p.add_argument("--save-dir", default="checkpoints", help="folder for last.pth and best_model.pth")
+    p.add_argument("--save-dir", default=SAVE_DIR, help="folder for last.pth and best_model.pth")
     p.add_argument("--save-every", type=positive_int, default=500, help="write last.pth every N iterations")
     p.add_argument("--eval-every", type=positive_int, default=250, help="validate every N iterations")
     p.add_argument(
@@ -178,7 +179,7 @@ def _recipe_and_resume(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(add_help=False, allow_abbrev=False)
     p.add_argument("--recipe", choices=RECIPES)
     p.add_argument("--resume", nargs="?", const="")
-    p.add_argument("--save-dir", default="checkpoints")
+    p.add_argument("--save-dir", default=SAVE_DIR)
     return p.parse_known_args(argv)[0]
 
 
@@ -245,7 +246,7 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None, world: distrib
     if args.long_pairs and args.train_max_length <= args.max_length and world.is_main:
         print(
             f"note: --long-pairs, but {data_dir}/ holds no training pairs longer than --max-length "
-            f"{args.max_length}; rebuild it with --train-max-length 30 to train on them",
+            f"{args.max_length}; rebuild it with --train-max-length {PairSettings().train_max_length} to train on them",
             file=sys.stderr,
         )
     val_pairs = read_pairs(data_dir / "val.txt")
