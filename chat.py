@@ -25,7 +25,7 @@ from seq2seq.cli import (
     positive_int,
 )
 from seq2seq.decoding import reply_batch
-from seq2seq.training import TrainingError
+from seq2seq.devices import DeviceError
 from seq2seq.vocab import detokenize, normalize
 
 HISTORY_FILE = Path.home() / ".chatbot_seq2seq_history"
@@ -152,7 +152,7 @@ def main() -> None:
     args = make_parser().parse_args()
     try:
         chat = Chat(args)
-    except (CheckpointError, TrainingError) as error:
+    except (CheckpointError, DeviceError) as error:
         fail(str(error))
     try:
         (interactive if sys.stdin.isatty() else piped)(chat)

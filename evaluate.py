@@ -30,9 +30,10 @@ from seq2seq.cli import (
 )
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import reply_batch
+from seq2seq.devices import DeviceError
 from seq2seq.files import write_text_atomic
 from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
-from seq2seq.training import TrainingError, perplexity, teacher_forced_scores
+from seq2seq.training import perplexity, teacher_forced_scores
 from seq2seq.vocab import detokenize
 
 
@@ -129,7 +130,7 @@ def main() -> None:
         results = evaluate(args)
         if args.output_json:
             write_text_atomic(args.output_json, json.dumps(results, indent=2) + "\n")
-    except (CheckpointError, CorpusError, TrainingError) as error:
+    except (CheckpointError, CorpusError, DeviceError) as error:
         fail(str(error))
     except OSError as error:
         fail(f"cannot write {args.output_json}: {error.strerror or error}")

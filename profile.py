@@ -48,9 +48,9 @@ def main() -> None:
     from seq2seq.checkpoint import CheckpointError
     from seq2seq.cli import ArgumentParser, fail, load_for_inference, positive_int
     from seq2seq.cornell import CorpusError, read_pairs
+    from seq2seq.devices import DeviceError
     from seq2seq.files import write_text_atomic
     from seq2seq.profiling import format_report, plot_breakdown, run_profile
-    from seq2seq.training import TrainingError
     from seq2seq.vocab import random_sentences
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,7 +93,7 @@ def main() -> None:
         if args.report:
             write_text_atomic(args.report, report + "\n")
         plot_breakdown(profiles, args.plot)
-    except (CheckpointError, CorpusError, TrainingError) as error:
+    except (CheckpointError, CorpusError, DeviceError) as error:
         fail(str(error))
     except OSError as error:
         fail(f"cannot write: {error}")

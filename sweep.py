@@ -27,6 +27,7 @@ import train
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
+from seq2seq.devices import DeviceError
 from seq2seq.files import pyplot, save_figure
 from seq2seq.training import TrainingError
 
@@ -177,7 +178,7 @@ def main() -> None:
                 timeout=args.timeout,
                 catch=(TrainingError,),  # a diverging trial fails alone
             )
-        except (CheckpointError, CorpusError) as error:
+        except (CheckpointError, CorpusError, DeviceError) as error:
             fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)

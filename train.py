@@ -2,7 +2,7 @@
 
     python train.py                                     # the tuned recipe (README: Conversation quality)
     python train.py --recipe tutorial                   # the PyTorch tutorial's recipe, 4,000 iterations
-    python train.py --precision bf16                    # faster on CPUs with bf16 support
+    python train.py --precision fp32                    # fp32 even where bf16 is native (the default: auto)
     python train.py --resume --iterations 10000         # continue checkpoints/last.pth to 10,000
 
 Builds data/ first if it is missing (give --source for an offline copy of the corpus).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq import distributed
+from seq2seq import distributed, kernels
 from seq2seq.batching import encode_pairs, iterate_batches
 from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint
 from seq2seq.cli import (
@@ -37,20 +37,18 @@ from seq2seq.cli import (
     probability,
 )
 from seq2seq.cornell import CorpusError, PairSettings, read_pairs
+from seq2seq.devices import DEVICES, PRECISIONS, DeviceError, resolve_device, resolve_precision
 from seq2seq.model import ATTENTION_SCORES, ModelConfig, Seq2Seq
 from seq2seq.tracking import WANDB_MODES, WandbLogger
 from seq2seq.training import (
     OPTIMIZERS,
-    PRECISIONS,
     LoopSettings,
     Trainer,
     TrainingError,
     TrainStep,
-    check_precision,
     make_optimizer,
     perplexity,
     plot_losses,
-    resolve_device,
 )
 from seq2seq.vocab import Vocabulary
 
@@ -149,14 +147,12 @@ def make_parser(recipe: str = "tuned") -> ArgumentParser:
         help="continue a run from PATH (default: last.pth in --save-dir)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, batches and dropout")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to train")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="bf16 autocast (CPU, CUDA) or fp16 with gradient scaling (CUDA)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to train")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16 autocast (CPU, CUDA), fp16 with gradient scaling (CUDA), fp32; auto: bf16 where "
+                   "the hardware runs it natively, else fp32")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the GRU recurrence and the loss kernel stay eager)")  # fmt: skip
     p.add_argument("--num-threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--use-wandb", action="store_true", help="log to Weights & Biases (see README)")
     p.add_argument("--wandb-project", default="chatbot-seq2seq", help="W&B project")
@@ -259,11 +255,14 @@ def load_data(args: argparse.Namespace, vocab: Vocabulary | None, world: distrib
 
 
 def setup(
-    args: argparse.Namespace, checkpoint: dict | None, device: torch.device, world: distributed.World
+    args: argparse.Namespace,
+    checkpoint: dict | None,
+    device: torch.device,
+    precision: str,
+    world: distributed.World,
 ) -> tuple[Trainer, list[str]]:
-    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming); also
-    the first validation queries, for sample replies."""
-    check_precision(args.precision, device)
+    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming), in the
+    resolved `precision`; also the first validation queries, for sample replies."""
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if checkpoint:
@@ -286,14 +285,16 @@ def setup(
         args.iterations, args.epochs = args.epochs * batches_per_epoch, None
     rates = (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
     optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
-    step = TrainStep(model, optimizer, args.clip, args.precision, args.label_smoothing)
+    step = TrainStep(model, optimizer, args.clip, precision, args.label_smoothing)
     state = Trainer.restore(checkpoint, step) if checkpoint else None
     for group, lr in zip(optimizer.param_groups, rates):
         group["lr"] = lr  # a resumed run may be given new rates
     if world.size > 1:  # dropout masks differ between ranks (and after a resume, which restored one state)
         torch.manual_seed(args.seed + 7919 * world.rank + (state.iteration if state else 0))
     if args.compile:
-        model.compile(dynamic=True)
+        kernels.keep_eager_under_compile()
+        model.compile(dynamic=True)  # free-running batches
+        step.losses.compile(dynamic=True)  # teacher-forced ones
     loop = LoopSettings(args.iterations, args.batch_size, args.teacher_forcing_ratio, args.eval_every,
                         args.save_every, args.patience, args.seed, args.warmup, args.lr_decay)  # fmt: skip
     if world.is_main:
@@ -302,7 +303,7 @@ def setup(
             f"{f' on {world.size} ranks, batch {args.batch_size} each' if world.size > 1 else ''}: "
             f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
             f"{len(vocab):,} words, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-            f"{device}, {args.precision}",
+            f"{device}, {precision}",
             file=sys.stderr,
         )
     saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
@@ -316,11 +317,14 @@ def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = 
         world, device = distributed.init_from_env(resolve_device(args.device))
     except ValueError as error:  # e.g. torchrun with MPS, or more local ranks than GPUs
         raise TrainingError(str(error)) from None
+    precision, why = resolve_precision(args.precision, device)
+    if world.is_main:
+        print(f"{device}, {precision} ({why})", file=sys.stderr)
     logger = (
         WandbLogger(args) if args.use_wandb and world.is_main else None
     )  # may take a sweep agent's values
     vars(args).update(distributed.from_main(vars(args)))  # every rank runs rank 0's configuration
-    trainer, sample_queries = setup(args, checkpoint, device, world)
+    trainer, sample_queries = setup(args, checkpoint, device, precision, world)
     if logger:
         logger.watch(trainer, sample_queries, args)  # first, so it sees the validation a pruner stops on
     trainer.observers += observers
@@ -328,7 +332,7 @@ def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = 
         reason = trainer.run()
     finally:
         if args.plot and world.is_main:
-            title = f"{args.attn_model} attention, hidden {args.hidden_size}, {args.precision}"
+            title = f"{args.attn_model} attention, hidden {args.hidden_size}, {trainer.step.precision}"
             plot_losses(trainer.state.history, args.plot, title)
         if logger:
             logger.finish(args.plot)
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args, checkpoint = parse_args(argv)
         trainer, reason = train(args, checkpoint)
-    except (CheckpointError, CorpusError, TrainingError) as error:
+    except (CheckpointError, CorpusError, DeviceError, TrainingError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail(

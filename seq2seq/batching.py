@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .cornell import Pair
+from .kernels import Layout, layout
 from .vocab import EOS, PAD, Vocabulary
 
 Example = tuple[list[int], list[int]]
@@ -17,13 +18,22 @@ class Batch(NamedTuple):
     src: Tensor  # (B, S) query ids ending in EOS, PAD after
     lengths: Tensor  # (B,) on the CPU, as pack_padded_sequence wants
     tgt: Tensor  # (B, T) reply ids ending in EOS, PAD after
+    src_layout: Layout  # where the real positions of each side go when packed
+    tgt_layout: Layout
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.src.to(device), self.lengths, self.tgt.to(device))
+        return Batch(
+            self.src.to(device),
+            self.lengths,
+            self.tgt.to(device),
+            self.src_layout.to(device),
+            self.tgt_layout.to(device),
+        )
 
     @property
     def n_tokens(self) -> int:
-        return int((self.tgt != PAD).sum())
+        """Real (non-PAD) target tokens, known without reading the device."""
+        return self.tgt_layout.tokens
 
 
 def encode_pairs(pairs: list[Pair], vocab: Vocabulary, max_length: int | None = None) -> list[Example]:
@@ -43,7 +53,10 @@ def pad(sequences: list[list[int]]) -> Tensor:
 
 def collate(examples: list[Example]) -> Batch:
     sources, targets = zip(*examples)
-    return Batch(pad(sources), torch.tensor([len(s) for s in sources]), pad(targets))
+    src, tgt = pad(sources), pad(targets)
+    lengths = torch.tensor([len(s) for s in sources])
+    tgt_lengths = torch.tensor([len(t) for t in targets])
+    return Batch(src, lengths, tgt, layout(lengths, src.size(1)), layout(tgt_lengths, tgt.size(1)))
 
 
 def iterate_batches(examples: list[Example], batch_size: int) -> list[Batch]:

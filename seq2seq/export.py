@@ -38,6 +38,14 @@ def _plain_gru(gru: nn.GRU) -> nn.GRU:
     return plain
 
 
+def _plain_linear(linear: nn.Linear) -> nn.Linear:
+    """A stock nn.Linear holding `linear`'s own parameters (a tied matrix stays tied); the
+    model's output layer also computes losses, which is not scriptable."""
+    plain = nn.Linear(linear.in_features, linear.out_features)
+    plain.weight, plain.bias = linear.weight, linear.bias
+    return plain
+
+
 class EncoderPart(nn.Module):
     """ids (1, S) -> attention keys (1, S, H), values (1, S, H), decoder state (L_dec, 1, H)."""
 
@@ -92,7 +100,7 @@ class DecoderStep(nn.Module):
         self.register_buffer("query_weight", weight)
         self.register_buffer("query_bias", bias)
         self.register_buffer("v", v)
-        self.concat, self.out = decoder.concat, decoder.out
+        self.concat, self.out = decoder.concat, _plain_linear(decoder.out)
 
     def forward(self, token: Tensor, state: Tensor, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         output, state = self.gru(self.embedding(token), state)

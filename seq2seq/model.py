@@ -6,13 +6,17 @@ The decoder follows Luong et al. (2015), "Effective Approaches to Attention-base
 Translation": the GRU runs first, attention reads the encoder outputs with the GRU's output as the
 query, and [GRU output; context] goes through a tanh layer to the output projection. Because
 attention comes after the GRU, nothing fed back into the GRU depends on attention, so under
-teacher forcing the decoder runs over the whole target in one GRU call and one batched attention
-(the fast path). Free-running training and decoding call the same `Decoder.forward` one step at
-a time.
+teacher forcing the decoder runs over the whole target in one GRU call and one batched attention.
+Free-running training and decoding call the same `Decoder.forward` one step at a time.
+
+Training and validation go through `Seq2Seq.token_losses`, which computes the same losses as
+`forward` plus cross-entropy, but only at real target positions: the concat layer, the output
+projection and the loss never see padding, and on the CPU neither do the GRUs (`kernels.py`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -21,6 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import kernels
+from .batching import Batch
+from .kernels import Layout, Packed
 from .vocab import PAD, SOS
 
 ATTENTION_SCORES = ("dot", "general", "concat")
@@ -53,18 +60,22 @@ class Memory(NamedTuple):
 
 
 class GRU(nn.GRU):
-    """nn.GRU that also follows a lower-precision autocast on the CPU.
+    """nn.GRU that runs in the autocast dtype it is asked for, and runs `kernels.gru` on `Packed`
+    rows.
 
-    CUDA autocast already runs cuDNN's GRU in the autocast dtype; CPU autocast leaves nn.GRU in
-    fp32, and the GRUs are most of a training step. Under CPU autocast this runs the recurrence
-    with weights, input and state cast to the autocast dtype. The casts are differentiable, so
-    gradients still flow to the fp32 weights, as with any autocast op.
+    CPU autocast leaves nn.GRU in fp32, and CUDA autocast runs cuDNN's GRU in fp16 even when bf16
+    is asked for (see devices.py); the GRUs are most of a training step. Under autocast this runs
+    the recurrence with weights, input and state cast to the autocast dtype. The casts are
+    differentiable, so gradients still flow to the fp32 weights, as with any autocast op.
     """
 
     def forward(self, input, hx=None):
-        if not torch.is_autocast_enabled("cpu") or self._flat_weights[0].device.type != "cpu":
+        if isinstance(input, Packed):
+            return kernels.gru(self, input, hx)
+        device = self._flat_weights[0].device.type
+        if not torch.is_autocast_enabled(device):
             return super().forward(input, hx)
-        dtype = torch.get_autocast_dtype("cpu")
+        dtype = torch.get_autocast_dtype(device)
         master = self._flat_weights
         self._flat_weights = [w.to(dtype) for w in master]
         try:
@@ -72,9 +83,34 @@ class GRU(nn.GRU):
                 input = input._replace(data=input.data.to(dtype))
             else:
                 input = input.to(dtype)
-            return super().forward(input, None if hx is None else hx.to(dtype))
+            with torch.autocast(device, enabled=False), warnings.catch_warnings():
+                # cuDNN wants its weights in one buffer and copies the cast ones into one: expected
+                warnings.filterwarnings("ignore", message="RNN module weights are not part")
+                return super().forward(input, None if hx is None else hx.to(dtype))
         finally:
             self._flat_weights = master
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, with `kernels.dropout`'s faster mask on the CPU."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return super().forward(input)
+        return kernels.dropout(input, self.p, self.training)
+
+
+class Projection(nn.Linear):
+    """The output layer. Given targets, it returns each row's cross-entropy (and, with `hits`,
+    whether its argmax is the target) instead of the logits, without writing the (N, V) logits in
+    fp32 (the fused kernel in kernels.py)."""
+
+    def forward(
+        self, input: Tensor, target: Tensor | None = None, label_smoothing: float = 0.0, hits: bool = False
+    ):
+        if target is None:
+            return super().forward(input)
+        return kernels.linear_cross_entropy(input, self, target, label_smoothing, hits)
 
 
 class Attention(nn.Module):
@@ -120,7 +156,7 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         self.embedding = embedding
-        self.input_dropout = nn.Dropout(input_dropout)
+        self.input_dropout = Dropout(input_dropout)
         self.n_layers = n_layers
         self.gru = GRU(
             hidden_size,
@@ -131,15 +167,22 @@ class Encoder(nn.Module):
             batch_first=True,
         )
 
-    def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """src (B, S), lengths (B,) -> outputs (B, S, H), final states per layer (L, B, H)."""
-        packed = pack_padded_sequence(
-            self.input_dropout(self.embedding(src)), lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        outputs, hidden = self.gru(packed)
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
-        half = outputs.size(-1) // 2
-        outputs = outputs[..., :half] + outputs[..., half:]
+    def forward(self, src: Tensor, lengths: Tensor, lay: Layout | None = None) -> tuple[Tensor, Tensor]:
+        """src (B, S), lengths (B,) -> outputs (B, S, H), final states per layer (L, B, H).
+
+        With the source's packed layout on the CPU, the GRU runs `kernels.gru` over the real
+        positions only; otherwise cuDNN's or PyTorch's packed GRU."""
+        half = self.gru.hidden_size
+        if lay is not None and src.device.type == "cpu":
+            packed, hidden = self.gru(Packed(self.input_dropout(self.embedding(kernels.pack(src, lay))), lay))
+            outputs = kernels.unpack(packed.data[:, :half] + packed.data[:, half:], lay, src.size(1))
+        else:
+            packed = pack_padded_sequence(
+                self.input_dropout(self.embedding(src)), lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            outputs, hidden = self.gru(packed)
+            outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+            outputs = outputs[..., :half] + outputs[..., half:]
         # hidden is (L * 2, B, H) ordered layer by layer, forward then backward within a layer
         hidden = hidden.view(self.n_layers, 2, *hidden.shape[1:]).sum(dim=1)
         return outputs, hidden
@@ -152,7 +195,7 @@ class Decoder(nn.Module):
         super().__init__()
         h = config.hidden_size
         self.embedding = embedding
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.dropout)
         self.gru = GRU(
             h,
             h,
@@ -162,8 +205,8 @@ class Decoder(nn.Module):
         )
         self.attention = Attention(config.attn_model, h)
         self.concat = nn.Linear(2 * h, h)
-        self.output_dropout = nn.Dropout(config.output_dropout)
-        self.out = nn.Linear(h, config.vocab_size)
+        self.output_dropout = Dropout(config.output_dropout)
+        self.out = Projection(h, config.vocab_size)
         if config.tie_embeddings:  # Press & Wolf (2017): one matrix for input and output words
             # nn.Embedding's N(0, 1) rows would give logits of norm ~sqrt(h) at the start: use the
             # scale an output layer starts with instead. (The PAD row starts at zero; as an output
@@ -183,6 +226,27 @@ class Decoder(nn.Module):
         context, weights = self.attention(output, memory)
         combined = torch.tanh(self.concat(torch.cat([output, context], dim=-1)))
         return self.out(self.output_dropout(combined)), hidden, weights
+
+    def token_losses(
+        self, inputs: Tensor, target: Tensor, lay: Layout, hidden: Tensor, memory: Memory, label_smoothing: float,
+        hits: bool,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """`forward` over the whole target (B, T) and cross-entropy against `target`, at the
+        layout's real positions only: per-token losses (N,) and argmax hits (N,), packed order."""
+        steps = inputs.size(1)
+        if inputs.device.type == "cpu":  # the GRU over real positions only
+            embedded = self.embedding_dropout(self.embedding(kernels.pack(inputs, lay)))
+            output = self.gru(Packed(embedded, lay), hidden)[0].data
+            padded = kernels.unpack(output, lay, steps)
+        else:  # cuDNN on the padded batch: packing costs more than it saves on a GPU (README)
+            padded, _ = self.gru(self.embedding_dropout(self.embedding(inputs)), hidden)
+            output = kernels.pack(padded, lay)
+        context, _ = self.attention(padded, memory)
+        combined = torch.tanh(self.concat(torch.cat([output, kernels.pack(context, lay)], dim=-1)))
+        losses, correct = self.out(
+            self.output_dropout(combined), kernels.pack(target, lay), label_smoothing, hits
+        )
+        return losses[: lay.tokens], correct[: lay.tokens]
 
 
 class Seq2Seq(nn.Module):
@@ -209,9 +273,9 @@ class Seq2Seq(nn.Module):
         extra = encoder_hidden[:1].expand(n_dec - n_enc, -1, -1)
         return torch.cat([extra, encoder_hidden]).contiguous()
 
-    def encode(self, src: Tensor, lengths: Tensor) -> tuple[Memory, Tensor]:
+    def encode(self, src: Tensor, lengths: Tensor, lay: Layout | None = None) -> tuple[Memory, Tensor]:
         """Run the encoder; return the decoder's memory and initial hidden state."""
-        outputs, hidden = self.encoder(src, lengths)
+        outputs, hidden = self.encoder(src, lengths, lay)
         mask = torch.arange(src.size(1), device=src.device) < lengths.to(src.device).unsqueeze(1)
         memory = Memory(self.decoder.attention.keys(outputs), outputs, mask)
         return memory, self.bridge(hidden)
@@ -233,6 +297,23 @@ class Seq2Seq(nn.Module):
             steps.append(logits)
             token = logits.argmax(dim=-1)
         return torch.cat(steps, dim=1)
+
+    def token_losses(
+        self, batch: Batch, teacher_forcing: bool = True, label_smoothing: float = 0.0, hits: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Cross-entropy (N,) in fp32 at each of the batch's N real target tokens, in the target
+        layout's order: `forward` then `sequence_loss` without the padding. With `hits`, also
+        whether each token's argmax was right (N,); else an empty tensor. Label smoothing is
+        for training only (see sequence_loss)."""
+        lay = batch.tgt_layout
+        if not teacher_forcing:
+            logits = self(batch.src, batch.lengths, batch.tgt, teacher_forcing=False)
+            rows, target = logits.flatten(0, 1)[lay.index].float(), batch.tgt.flatten()[lay.index]
+            loss = F.cross_entropy(rows, target, reduction="none", label_smoothing=label_smoothing)
+            return loss, (rows.argmax(-1) == target) if hits else target.new_zeros(0, dtype=torch.bool)
+        memory, hidden = self.encode(batch.src, batch.lengths, batch.src_layout)
+        inputs = torch.cat([torch.full_like(batch.tgt[:, :1], SOS), batch.tgt[:, :-1]], dim=1)
+        return self.decoder.token_losses(inputs, batch.tgt, lay, hidden, memory, label_smoothing, hits)
 
 
 def sequence_loss(

@@ -5,7 +5,6 @@ train.py parses flags and builds the pieces; everything that happens per iterati
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import signal
@@ -14,51 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
 from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
 from .checkpoint import save_checkpoint
+from .devices import autocast
 from .files import pyplot, save_figure
-from .model import Seq2Seq, sequence_loss
-from .vocab import PAD, Vocabulary
+from .model import Seq2Seq
+from .vocab import Vocabulary
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "sgd")
 
 
 class TrainingError(Exception):
     """Training cannot go on (e.g. the loss diverged); the message is one line for the user."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; a named device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda: no CUDA device is available (try --device cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError("--device mps: Apple's MPS backend is not available (try --device cpu)")
-    return torch.device(name)
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    if precision == "fp16" and device.type != "cuda":
-        raise TrainingError("--precision fp16 needs CUDA; on the CPU use --precision bf16")
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for a precision: bf16 on CPU or CUDA, fp16 on CUDA, none for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def make_optimizer(model: Seq2Seq, name: str, lr: float, decoder_ratio: float) -> torch.optim.Optimizer:
@@ -77,6 +48,17 @@ def make_optimizer(model: Seq2Seq, name: str, lr: float, decoder_ratio: float) -
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}")
+
+
+class _Losses(nn.Module):
+    """`Seq2Seq.token_losses` as a module's forward, the call DistributedDataParallel wraps."""
+
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, teacher_forcing: bool, label_smoothing: float) -> tuple[Tensor, Tensor]:
+        return self.model.token_losses(batch, teacher_forcing, label_smoothing)
 
 
 class TrainStep:
@@ -103,19 +85,19 @@ class TrainStep:
         self.precision = precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.world = distributed.current()
-        self.forward_model = model
+        self.losses = _Losses(model)
         if self.world.size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.losses = nn.parallel.DistributedDataParallel(self.losses, device_ids=ids)
 
     def __call__(self, batch: Batch, teacher_forcing: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the global batch's loss (mean per target token, with the label smoothing it is
         trained with) and the gradient norm before clipping."""
         batch = batch.to(self.device)
         with autocast(self.device, self.precision):
-            logits = self.forward_model(batch.src, batch.lengths, batch.tgt, teacher_forcing=teacher_forcing)
+            losses, _ = self.losses(batch, teacher_forcing, self.label_smoothing)
         with record_function("loss"):  # named ranges for profile.py; near free when not profiling
-            total = sequence_loss(logits, batch.tgt, reduction="sum", label_smoothing=self.label_smoothing)
+            total = losses.sum()
             sums = distributed.all_reduce_sum(torch.stack([total.detach(), total.new_tensor(batch.n_tokens)]))
             loss = sums[0] / sums[1]
             if not torch.isfinite(loss):  # the same verdict on every rank
@@ -147,13 +129,11 @@ def teacher_forced_scores(
     total, correct, tokens = 0.0, 0, 0
     try:
         for batch in batches:
-            batch = batch.to(device)
             with autocast(device, precision):
-                logits = model(batch.src, batch.lengths, batch.tgt)
-            n = batch.n_tokens
-            total += sequence_loss(logits, batch.tgt).item() * n
-            correct += int(((logits.argmax(-1) == batch.tgt) & (batch.tgt != PAD)).sum())
-            tokens += n
+                losses, hits = model.token_losses(batch.to(device), hits=True)
+            total += losses.sum().item()
+            correct += int(hits.sum())
+            tokens += batch.n_tokens
     finally:
         model.train(was_training)
     return total / tokens, correct / tokens

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FLAGS = ["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "2", "--dropout", "0",
-         "--input-dropout", "0", "--output-dropout", "0", "--device", "cpu", "--optimizer", "sgd",
+         "--input-dropout", "0", "--output-dropout", "0", "--device", "cpu", "--precision", "fp32", "--optimizer", "sgd",
          "--learning-rate", "0.5", "--eval-every", "1"]  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from tests.conftest import PAIRS, overfit_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden-size", "16", "--encoder-layers", "2", "--decoder-layers", "2", "--batch-size", "4",
-        "--device", "cpu", "--eval-every", "3", "--save-every", "2"]  # fmt: skip
+        "--device", "cpu", "--precision", "fp32", "--eval-every", "3", "--save-every", "2"]  # fmt: skip
 
 
 def tiny_run(pair_dir: Path, save_dir: Path, *extra: str) -> None:
