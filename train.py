@@ -67,7 +67,7 @@ SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validat
 TUTORIAL = dict(iterations=4000, batch_size=64, learning_rate=1e-4, decoder_learning_ratio=5.0, clip=50.0,
                 teacher_forcing_ratio=1.0, dropout=0.1, input_dropout=0.0, output_dropout=0.0,
                 tie_embeddings=False, label_smoothing=0.0, warmup=0, lr_decay=1.0, patience=0,
-                long_pairs=False)  # fmt: skip
+                long_pairs=False, bucket_pool=0)  # fmt: skip
 RECIPES = {
     "tuned": {
         **TUTORIAL,
@@ -131,6 +131,9 @@ def make_parser(recipe: str = "tuned") -> ArgumentParser:
     p.add_argument("--warmup", type=non_negative_int, help="iterations over which learning rates rise from 0")
     p.add_argument("--lr-decay", type=decay_factor,
                    help="multiply learning rates by this after each validation that does not improve (1: never)")  # fmt: skip
+    p.add_argument("--bucket-pool", type=non_negative_int,
+                   help="length-bucketed batches: sort pairs by length within pools of this many batches, "
+                   "then shuffle the batches (0: random batches)")  # fmt: skip
     p.add_argument("--attn-model", choices=ATTENTION_SCORES, default="dot", help="Luong attention score")
     add_data_arguments(p, keep_built=True)
     p.add_argument("--save-dir", default=SAVE_DIR, help="folder for last.pth and best_model.pth")
@@ -296,7 +299,8 @@ def setup(
         model.compile(dynamic=True)  # free-running batches
         step.losses.compile(dynamic=True)  # teacher-forced ones
     loop = LoopSettings(args.iterations, args.batch_size, args.teacher_forcing_ratio, args.eval_every,
-                        args.save_every, args.patience, args.seed, args.warmup, args.lr_decay)  # fmt: skip
+                        args.save_every, args.patience, args.seed, args.warmup, args.lr_decay,
+                        args.bucket_pool)  # fmt: skip
     if world.is_main:
         print(
             f"{f'resuming {args.resume} at iteration {state.iteration}' if state else 'training'}"

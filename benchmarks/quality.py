@@ -1,6 +1,6 @@
-"""Held-out quality of training recipes trained on the same files, side by side (issue 10).
+"""Held-out quality of training recipes trained on the same files, side by side.
 
-    python benchmarks/quality.py                      # tutorial vs tuned recipe, bf16, one after the other
+    python benchmarks/quality.py                      # tutorial vs tuned recipe, one after the other
     python benchmarks/quality.py --jobs 2             # both at once, a core each
     python benchmarks/quality.py --run no-tie="--recipe tuned --tie-embeddings=false"
     python benchmarks/quality.py --jobs 8 --minutes 7 --precision fp32   # on one GPU, 7 minutes a run
@@ -12,7 +12,9 @@ With --minutes, a run still training when its time is up is stopped as if by Ctr
 saves it) and counts as finished: its best checkpoint so far is what gets scored.
 Each best_model.pth (chosen on validation loss) is then scored by evaluate.py's code on the test
 file: perplexity, and greedy replies' BLEU, distinct-1/2 and top-10 share. Prints the validation
-curve of every run and the summary, and draws the curves to images/quality_curves.png.
+curve of every run, the best validation perplexity each run had reached by each minute of
+training, and the summary; draws the curves to images/quality_curves.png (by iteration) and
+images/time_to_quality.png (by minute).
 """
 
 import fcntl
@@ -32,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 from seq2seq.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from seq2seq.cli import ArgumentParser, fail, positive_float, positive_int  # noqa: E402
+from seq2seq.devices import PRECISIONS  # noqa: E402
 from seq2seq.files import pyplot, save_figure, write_text_atomic  # noqa: E402
 from seq2seq.training import perplexity  # noqa: E402
 
@@ -132,11 +135,56 @@ def score_run(record: dict, args) -> dict:
         **record,
         "args": checkpoint["args"],
         "history": checkpoint["history"],
+        "clock": run_clock(checkpoint, record["seconds"]),
         "best_val_loss": checkpoint["best_val_loss"],
         "best_iteration": checkpoint["best_iteration"],
         "iterations": checkpoint["iteration"],
         "test": evaluate.evaluate(eval_args),
     }
+
+
+def run_clock(checkpoint: dict, seconds: float) -> dict:
+    """Minutes of training at each validation: from the checkpoint's clock, or, for a run trained
+    before train.py kept one, spread evenly over the run's measured time (marked estimated)."""
+    if checkpoint.get("clock"):
+        return {"estimated": False, "minutes": [[it, t / 60] for it, t in checkpoint["clock"]]}
+    rate = seconds / 60 / max(1, checkpoint["iteration"])
+    return {"estimated": True, "minutes": [[it, it * rate] for it, _ in checkpoint["history"]["val"]]}
+
+
+def best_by_minute(result: dict, minute: float) -> float | None:
+    """The best validation perplexity a run had reached after `minute` minutes of training."""
+    losses = dict(map(tuple, result["history"]["val"]))
+    seen = [losses[it] for it, at in result["clock"]["minutes"] if at <= minute and it in losses]
+    return perplexity(min(seen)) if seen else None
+
+
+def time_table(results: list[dict], step: float) -> str:
+    """Rows of training minutes, a column per run: the best validation perplexity by then."""
+    last = max(r["clock"]["minutes"][-1][1] for r in results if r["clock"]["minutes"])
+    marks = [step * k for k in range(1, int(last // step) + 2)]
+    names = [r["name"] + (" (estimated minutes)" if r["clock"]["estimated"] else "") for r in results]
+    lines = ["| minutes | " + " | ".join(names) + " |", "|" + " --- |" * (1 + len(results))]
+    for minute in marks:
+        cells = [best_by_minute(r, minute) for r in results]
+        lines.append(f"| {minute:g} | " + " | ".join(f"{c:.2f}" if c else "" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_time(results: list[dict], path: str) -> None:
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
+    for i, r in enumerate(results):
+        losses = dict(map(tuple, r["history"]["val"]))
+        points = [(at, perplexity(losses[it])) for it, at in r["clock"]["minutes"] if it in losses]
+        label = r["name"] + (" (minutes estimated)" if r["clock"]["estimated"] else "")
+        ax.plot(*zip(*points), "o-", ms=3, color=f"C{i % 10}", label=label)
+    ax.set_xlabel("minutes of training (validations and saves included)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.set_title("validation perplexity against training time; every run validated on the same pairs")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def curve_table(results: list[dict], every: int) -> str:
@@ -203,9 +251,8 @@ def main() -> None:
     p.add_argument("--run", action="append", metavar='NAME="FLAGS"',
                    help="a run: its name and train.py flags (default: the tutorial and tuned recipes)")  # fmt: skip
     p.add_argument("--data-dir", default="data", help="built data/ every run trains and is scored on")
-    p.add_argument(
-        "--precision", choices=("fp32", "bf16"), default="bf16", help="training precision of every run"
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="training precision of every run (auto: as train.py chooses)")  # fmt: skip
     p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once")
     p.add_argument("--threads", type=positive_int, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--minutes", type=positive_float,
@@ -216,6 +263,10 @@ def main() -> None:
     )
     p.add_argument("--samples", type=positive_int, default=8, help="test exchanges shown per run")
     p.add_argument("--plot", default="images/quality_curves.png", help="where to draw the curves")
+    p.add_argument("--time-plot", default="images/time_to_quality.png",
+                   help="where to draw validation perplexity against training time")  # fmt: skip
+    p.add_argument("--minute-step", type=positive_float, default=5.0,
+                   help="minutes between the rows of the time-to-quality table")  # fmt: skip
     args = p.parse_args()
     try:
         runs = dict(parse_run(text) for text in args.run) if args.run else RECIPE_RUNS
@@ -234,8 +285,11 @@ def main() -> None:
         fail("interrupted: runs resume from their last.pth on the next call", 130)
     write_text_atomic(Path(args.out) / "results.json", json.dumps(results, indent=1) + "\n")
     plot_curves(results, args.plot)
+    plot_time(results, args.time_plot)
     print("validation loss (training loss is the mean since the previous row; ** marks the best)")
     print(curve_table(results, args.every))
+    print("\nbest validation perplexity reached by each minute of training")
+    print(time_table(results, args.minute_step))
     print("\nbest checkpoints on the test file")
     print(summary_table(results))
     for i in range(args.samples):
@@ -245,7 +299,7 @@ def main() -> None:
         print(f"\n> {sample['query']}\n  reference: {sample['reference']}")
         for r in results:
             print(f"  {r['name']}: {r['test']['samples'][i]['reply']}")
-    print(f"\ncurves: {args.plot}; every figure: {args.out}/results.json")
+    print(f"\ncurves: {args.plot} and {args.time_plot}; every figure: {args.out}/results.json")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,34 @@
-"""Training throughput: a tutorial-style step-by-step loop versus this project's path, in one run.
+"""Training throughput of the default recipe on real batches from data/train.txt, path by path.
 
-    python benchmarks/train_throughput.py                 # CPU, hidden 500, 2+2 layers, batch 64
+    python benchmarks/train_throughput.py                      # CPU, the tuned recipe, batches of 256
+    python benchmarks/train_throughput.py --recipe tutorial
     python benchmarks/train_throughput.py --device cuda
+    python benchmarks/train_throughput.py --parity-iterations 1000   # then fp32 against auto's choice
 
-Rows (same model size, same batches, target tokens per second over timed iterations):
-  (a) plain fp32 loop written like the PyTorch chatbot tutorial: one decoder step per Python
-      iteration, softmax over the vocabulary then the log of the gathered probability, a masked
-      mean per step, two optimizers clipped separately;
-  (b) this project's training step (teacher-forced fast path, cross-entropy on logits) in fp32;
-  (c) the same in bf16 autocast.
+Rows (the recipe's model, optimizer and batches; each row starts from the same weights):
+  (a) a loop written like the PyTorch chatbot tutorial's, fp32: one decoder step per Python
+      iteration, softmax then the log of the gathered probability, a masked mean per step, two
+      optimizers clipped separately: the yardstick;
+  (b, c) the padded path, fp32 and bf16: Seq2Seq.forward and sequence_loss, autograd through
+      nn.GRU, the output layer and the loss over the whole padded (B, T) grid (the training step
+      before the packed path);
+  (d, e) the packed path train.py runs (TrainStep, Seq2Seq.token_losses), fp32 and bf16;
+  (f) the packed path in bf16 on length-bucketed batches (--bucket-pool), other batches of the
+      same data.
+Rows run in interleaved rounds on the same batches, so a slow spell of a shared machine hits
+them all; each round first runs a few untimed iterations. Medians of the rounds are shown.
+oneDNN compiles a kernel for each new bf16 matrix shape, so bf16 rows are slower for the first
+hundred or so iterations of a run, and the later rounds show the rate a long run settles at.
 
-With --parity-iterations N it then trains the default model N iterations on data/ in fp32 and in
-bf16 (same seed, same batches) and prints both validation losses: bf16 should land within 2%.
+With --parity-iterations N it then trains the recipe N iterations in fp32 and in the precision
+`--precision auto` chooses here (same seed, same batches) and compares their validation losses.
 """
 
 import json
 import statistics
 import sys
 import time
+from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -25,15 +36,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from seq2seq.batching import BatchSchedule, collate, encode_pairs, iterate_batches
-from seq2seq.cli import ArgumentParser, positive_int
+import train
+from seq2seq.batching import Batch, BatchSchedule, collate, encode_pairs, iterate_batches
+from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import read_pairs
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.devices import autocast, resolve_device, resolve_precision
+from seq2seq.download import built_settings, read_stats
+from seq2seq.model import ModelConfig, Seq2Seq, sequence_loss
 from seq2seq.training import TrainStep, make_optimizer, perplexity, teacher_forced_scores
-from seq2seq.vocab import EOS, PAD, SOS, Vocabulary
+from seq2seq.vocab import PAD, SOS, Vocabulary
 
 
-def tutorial_step(model: Seq2Seq, enc_opt, dec_opt, batch, clip: float) -> float:
+def tutorial_step(model: Seq2Seq, enc_opt, dec_opt, batch: Batch, clip: float) -> None:
     """One training iteration in the tutorial's style, using the same modules' weights."""
     enc_opt.zero_grad()
     dec_opt.zero_grad()
@@ -41,139 +55,209 @@ def tutorial_step(model: Seq2Seq, enc_opt, dec_opt, batch, clip: float) -> float
     dec = model.decoder
     hidden = hidden[-dec.gru.num_layers :].contiguous()
     token = torch.full((batch.src.size(0), 1), SOS, dtype=torch.long, device=batch.src.device)
-    loss, total_tokens, printed = 0.0, 0, 0.0
+    loss = 0.0
     for t in range(batch.tgt.size(1)):
         embedded = dec.embedding_dropout(dec.embedding(token))
         rnn_out, hidden = dec.gru(embedded, hidden)
-        scores = torch.sum(rnn_out * outputs, dim=2)  # dot score against every position
-        weights = F.softmax(scores, dim=1).unsqueeze(1)
-        context = weights.bmm(outputs)
-        concat = torch.tanh(dec.concat(torch.cat([rnn_out, context], dim=2)))
-        probs = F.softmax(dec.out(concat.squeeze(1)), dim=1)
+        weights = F.softmax(torch.sum(rnn_out * outputs, dim=2), dim=1).unsqueeze(
+            1
+        )  # dot score, every position
+        concat = torch.tanh(dec.concat(torch.cat([rnn_out, weights.bmm(outputs)], dim=2)))
+        probs = F.softmax(dec.out(dec.output_dropout(concat.squeeze(1))), dim=1)
         target = batch.tgt[:, t]
-        mask = target != PAD
         nll = -torch.log(torch.gather(probs, 1, target.unsqueeze(1)).squeeze(1))
-        step_loss = nll.masked_select(mask).mean()
-        loss = loss + step_loss
-        n = int(mask.sum())
-        printed += step_loss.item() * n
-        total_tokens += n
+        loss = loss + nll.masked_select(target != PAD).mean()
         token = target.unsqueeze(1)  # teacher forcing
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), clip)
     torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), clip)
     enc_opt.step()
     dec_opt.step()
-    return printed / total_tokens
 
 
-def random_batches(n: int, batch_size: int, vocab_size: int, max_length: int, seed: int):
-    generator = torch.Generator().manual_seed(seed)
+def padded_step(model: Seq2Seq, optimizer, clip: float, precision: str, batch: Batch) -> None:
+    """TrainStep's work done the padded way: logits for the whole (B, T) grid, then the loss."""
+    device = next(model.parameters()).device
+    with autocast(device, precision):
+        logits = model(batch.src, batch.lengths, batch.tgt)
+    loss = sequence_loss(logits, batch.tgt)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
 
-    def sentence():
-        length = int(torch.randint(1, max_length, (), generator=generator))
-        return torch.randint(4, vocab_size, (length,), generator=generator).tolist() + [EOS]
 
-    return [collate([(sentence(), sentence()) for _ in range(batch_size)]) for _ in range(n)]
-
-
-def precision_parity(data_dir: Path, iterations: int, device: torch.device) -> None:
-    """Train fp32 and bf16 side by side on the real data and compare validation losses."""
-    train_pairs, val_pairs = read_pairs(data_dir / "train.txt"), read_pairs(data_dir / "val.txt")
+def recipe_setup(data_dir: Path, recipe: str) -> tuple[Namespace, Vocabulary, list, list]:
+    """train.py's defaults for `recipe`, the vocabulary, and its training and validation pairs."""
+    args = train.make_parser(recipe).parse_args([])
+    settings = built_settings(read_stats(data_dir / "stats.json"))
+    if settings is None:
+        fail(f"{data_dir}/ is not built: run download_data.py first")
     vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))
-    train, val = encode_pairs(train_pairs, vocab, 10), iterate_batches(encode_pairs(val_pairs, vocab, 10), 64)
-    schedule = BatchSchedule(len(train), 64, seed=0)
-    results = {}
-    for precision in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        model = Seq2Seq(ModelConfig(len(vocab))).to(device).train()
-        step = TrainStep(model, make_optimizer(model, "adam", 1e-4, 5.0), clip=50.0, precision=precision)
-        start = time.perf_counter()
-        for i in range(iterations):
-            step(collate([train[j] for j in schedule.indices(i)]), teacher_forcing=True)
-        results[precision] = (teacher_forced_scores(model, val)[0], time.perf_counter() - start)
-    print(
-        f"\n{iterations} iterations on {data_dir}/ (default model, {len(vocab):,} words), validated in fp32:"
+    longest = (
+        max(settings["train_max_length"], settings["max_length"])
+        if args.long_pairs
+        else settings["max_length"]
     )
-    print(f"{'precision':<10}{'val loss':>10}{'perplexity':>12}{'train time':>12}")
-    for precision, (loss, seconds) in results.items():
-        print(f"{precision:<10}{loss:>10.4f}{perplexity(loss):>12.2f}{seconds:>11.0f}s")
-    gap = abs(results["bf16"][0] - results["fp32"][0]) / results["fp32"][0]
-    print(f"bf16 differs from fp32 by {gap:.2%} ({'within' if gap <= 0.02 else 'outside'} the 2% goal)")
+    examples = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, longest)
+    val = encode_pairs(read_pairs(data_dir / "val.txt"), vocab, settings["max_length"])
+    return args, vocab, examples, val
+
+
+def fresh_model(args: Namespace, vocab: Vocabulary, device: torch.device) -> Seq2Seq:
+    torch.manual_seed(args.seed)
+    config = ModelConfig(
+        len(vocab),
+        hidden_size=args.hidden_size,
+        encoder_layers=args.encoder_layers,
+        decoder_layers=args.decoder_layers,
+        dropout=args.dropout,
+        attn_model=args.attn_model,
+        input_dropout=args.input_dropout,
+        output_dropout=args.output_dropout,
+        tie_embeddings=args.tie_embeddings,
+    )
+    return Seq2Seq(config).to(device).train()
+
+
+def precision_parity(args, vocab, examples, val, iterations: int, device: torch.device, auto: str) -> None:
+    """Train in fp32 and in auto's choice side by side on the same batches; compare validation."""
+    schedule = BatchSchedule(len(examples), args.batch_size, args.seed)
+    val_batches = iterate_batches(val, args.batch_size)
+    results = {}
+    for precision in ("fp32", auto):
+        model = fresh_model(args, vocab, device)
+        optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
+        step = TrainStep(model, optimizer, args.clip, precision, args.label_smoothing)
+        started = time.perf_counter()
+        for i in range(iterations):
+            step(collate([examples[j] for j in schedule.indices(i)]), teacher_forcing=True)
+        seconds = time.perf_counter() - started
+        own = teacher_forced_scores(model, val_batches, precision)[0]
+        results[precision] = (teacher_forced_scores(model, val_batches, "fp32")[0], own, seconds)
+    print(
+        f"\n{iterations} iterations of the {args.recipe} recipe, same seed and batches ({len(val):,} validation pairs):"
+    )
+    print(
+        f"{'precision':<10}{'val loss (fp32)':>16}{'perplexity':>12}{'val loss (own)':>16}{'train time':>12}"
+    )
+    for precision, (loss, own, seconds) in results.items():
+        print(f"{precision:<10}{loss:>16.4f}{perplexity(loss):>12.2f}{own:>16.4f}{seconds:>11.0f}s")
+    if auto != "fp32":
+        gap = abs(results[auto][0] - results["fp32"][0]) / results["fp32"][0]
+        print(
+            f"{auto} differs from fp32 by {gap:.2%} in validation loss ({'within' if gap <= 0.01 else 'outside'} 1%)"
+        )
 
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--recipe", choices=train.RECIPES, default="tuned", help="train.py recipe whose defaults to run"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="built data/ to draw batches from"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--hidden-size", type=positive_int, default=500)
-    parser.add_argument("--vocab-size", type=positive_int, default=8000)
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--max-length", type=positive_int, default=10)
-    parser.add_argument("--warmup", type=positive_int, default=3, help="untimed iterations per row")
-    parser.add_argument("--iterations", type=positive_int, default=10, help="timed iterations per row")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=3, help="untimed iterations per row and round"
+    )
+    parser.add_argument(
+        "--iterations", type=positive_int, default=10, help="timed iterations per row and round"
+    )
     parser.add_argument(
         "--rounds", type=positive_int, default=3, help="interleaved rounds; medians are shown"
     )
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--bucket-pool", type=positive_int, default=100, help="pool of batches for row (f)")
+    parser.add_argument("--skip-tutorial", action="store_true", help="leave out row (a), the slowest")
     parser.add_argument(
-        "--parity-iterations", type=positive_int, help="also train fp32 and bf16 this long on data/"
+        "--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)"
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="pairs for --parity-iterations")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = ModelConfig(args.vocab_size, args.hidden_size, 2, 2, 0.1, "dot")
-    batches = random_batches(
-        args.warmup + args.iterations, args.batch_size, args.vocab_size, args.max_length, 0
+    parser.add_argument(
+        "--parity-iterations", type=positive_int, help="then train fp32 and auto's choice this long"
     )
-    batches = [b.to(device) for b in batches]
-    tokens = sum(b.n_tokens for b in batches[args.warmup :])
+    options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = resolve_device(options.device)
+    auto, why = resolve_precision("auto", device)
+    args, vocab, examples, val = recipe_setup(options.data_dir, options.recipe)
+    n = options.warmup + options.iterations
+    schedule = BatchSchedule(len(examples), args.batch_size, args.seed)
+    lengths = [(len(s), len(t)) for s, t in examples]
+    bucketed = BatchSchedule(
+        len(examples), args.batch_size, args.seed, lengths=lengths, pool=options.bucket_pool
+    )
+    plain = [collate([examples[j] for j in schedule.indices(i)]).to(device) for i in range(n)]
+    pooled = [collate([examples[j] for j in bucketed.indices(i)]).to(device) for i in range(n)]
 
-    def measure(step) -> float:
-        for b in batches[: args.warmup]:
-            step(b)
+    def packed(precision: str):
+        model = fresh_model(args, vocab, device)
+        step = TrainStep(model, make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio),
+                         args.clip, precision, args.label_smoothing)  # fmt: skip
+        return lambda batch: step(batch, teacher_forcing=True)
+
+    def padded(precision: str):
+        model = fresh_model(args, vocab, device)
+        optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
+        return lambda batch: padded_step(model, optimizer, args.clip, precision, batch)
+
+    def tutorial():
+        model = fresh_model(args, vocab, device)
+        rate = args.learning_rate
+        enc_opt = torch.optim.Adam(model.encoder.parameters(), lr=rate)
+        dec_opt = torch.optim.Adam(model.decoder.parameters(), lr=rate * args.decoder_learning_ratio)
+        return lambda batch: tutorial_step(model, enc_opt, dec_opt, batch, args.clip)
+
+    rows = {} if options.skip_tutorial else {"(a) tutorial-style loop, fp32": (tutorial(), plain)}
+    rows |= {
+        "(b) padded path, fp32": (padded("fp32"), plain),
+        "(c) padded path, bf16": (padded("bf16"), plain),
+        "(d) packed path, fp32": (packed("fp32"), plain),
+        "(e) packed path, bf16": (packed("bf16"), plain),
+        f"(f) packed, bf16, --bucket-pool {options.bucket_pool}": (packed("bf16"), pooled),
+    }
+
+    def measure(work, batches: list[Batch]) -> tuple[float, float]:
+        """Seconds per iteration and target tokens per second over the timed iterations."""
+        for batch in batches[: options.warmup]:
+            work(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        for b in batches[args.warmup :]:
-            step(b)
+        started = time.perf_counter()
+        for batch in batches[options.warmup :]:
+            work(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return tokens / (time.perf_counter() - start)
+        seconds = time.perf_counter() - started
+        return seconds / options.iterations, sum(b.n_tokens for b in batches[options.warmup :]) / seconds
 
-    def fresh_model() -> Seq2Seq:
-        torch.manual_seed(0)
-        return Seq2Seq(config).to(device).train()
+    timings: dict[str, list[tuple[float, float]]] = {label: [] for label in rows}
+    for round_ in range(options.rounds):
+        for label, (work, batches) in rows.items():
+            timings[label].append(measure(work, batches))
+            print(
+                f"round {round_ + 1}: {label}: {timings[label][-1][0]:.3f} s/it", file=sys.stderr, flush=True
+            )
 
-    tutorial = fresh_model()
-    enc_opt = torch.optim.Adam(tutorial.encoder.parameters(), lr=1e-4)
-    dec_opt = torch.optim.Adam(tutorial.decoder.parameters(), lr=5e-4)
-    paths = {"(a) tutorial-style loop, fp32": lambda b: tutorial_step(tutorial, enc_opt, dec_opt, b, 50.0)}
-    for label, precision in [("(b) project path, fp32", "fp32"), ("(c) project path, bf16", "bf16")]:
-        model = fresh_model()
-        step = TrainStep(model, make_optimizer(model, "adam", 1e-4, 5.0), clip=50.0, precision=precision)
-        paths[label] = lambda b, step=step: step(b, teacher_forcing=True)
-    # rounds interleave the paths, so a slow spell of a shared machine hits them all alike
-    rates: dict[str, list[float]] = {label: [] for label in paths}
-    for _ in range(args.rounds):
-        for label, path in paths.items():
-            rates[label].append(measure(path))
-    medians = {label: statistics.median(values) for label, values in rates.items()}
-
+    tokens = sum(b.n_tokens for b in plain[options.warmup :]) / options.iterations
+    grid = sum(b.tgt.numel() for b in plain[options.warmup :]) / options.iterations
     print(
-        f"device {device}, hidden {args.hidden_size}, 2+2 layers, batch {args.batch_size}, "
-        f"vocabulary {args.vocab_size}, length < {args.max_length}, threads {torch.get_num_threads()}, "
-        f"median of {args.rounds} rounds of {args.iterations} iterations"
+        f"{options.recipe} recipe on {options.data_dir}/: batch {args.batch_size}, {len(examples):,} training pairs, "
+        f"hidden {args.hidden_size}, {args.encoder_layers}+{args.decoder_layers} layers, {len(vocab):,} words; "
+        f"{tokens:,.0f} target tokens a batch ({tokens / grid:.0%} of the padded grid); device {device}, "
+        f"{torch.get_num_threads()} threads; --precision auto picks {auto} ({why.removeprefix('auto: ')}); "
+        f"median of {options.rounds} rounds of {options.iterations} iterations"
     )
-    base = medians["(a) tutorial-style loop, fp32"]
-    print(f"{'path':<34}{'target tokens/s':>16}{'vs (a)':>8}   rounds")
-    for label, rate in medians.items():
-        print(
-            f"{label:<34}{rate:>16,.0f}{rate / base:>7.2f}x   " + " ".join(f"{r:,.0f}" for r in rates[label])
-        )
-    if args.parity_iterations:
-        precision_parity(args.data_dir, args.parity_iterations, device)
+    base = statistics.median(t for _, t in timings[next(iter(timings))])
+    print(f"| path | s/iteration | target tokens/s | vs {next(iter(timings))[:3]} | rounds (s/iteration) |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, values in timings.items():
+        seconds, rate = statistics.median(s for s, _ in values), statistics.median(t for _, t in values)
+        rounds = " ".join(f"{s:.3f}" for s, _ in values)
+        print(f"| {label} | {seconds:.3f} | {rate:,.0f} | {rate / base:.2f}x | {rounds} |")
+    if options.parity_iterations:
+        precision_parity(args, vocab, examples, val, options.parity_iterations, device, auto)
 
 
 if __name__ == "__main__":

@@ -72,20 +72,52 @@ class BatchSchedule:
     saving sampler state. Under torchrun, rank r trains on the r-th slice of each global batch
     (a distributed sampler without its state): N ranks see exactly the examples one process with
     batch N × batch_size would.
+
+    With `pool` > 0 (and each example's `lengths`), batches are length-bucketed as fairseq and
+    OpenNMT-py bucket them: the permutation is cut into pools of `pool` global batches, each pool
+    is sorted by target then source length and cut into batches, and the epoch's batches are
+    shuffled. Pairs of a batch then have similar lengths, so a batch has fewer time steps; which
+    pairs share a batch changes, which is why it is a choice.
     """
 
-    def __init__(self, n_examples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n_examples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: list[tuple[int, int]] | None = None,
+        pool: int = 0,
+    ):
         self.global_batch = batch_size * world_size
         if n_examples < self.global_batch:
             raise ValueError(f"{n_examples} training pairs are fewer than one batch of {self.global_batch}")
+        if pool and (lengths is None or len(lengths) != n_examples):
+            raise ValueError("length bucketing needs the (source, target) length of every example")
         self.n_examples, self.batch_size, self.seed, self.rank = n_examples, batch_size, seed, rank
         self.batches_per_epoch = n_examples // self.global_batch
+        self.pool = pool
+        # target length first, then source length, as one integer to sort by
+        self._keys = torch.tensor([t * (1 << 20) + s for s, t in lengths]) if pool else None
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.n_examples, generator=generator)
+        if not self.pool:
+            return order
+        order = order[: self.batches_per_epoch * self.global_batch]
+        pool = self.pool * self.global_batch
+        order = torch.cat(
+            [part[torch.argsort(self._keys[part], stable=True)] for part in order.split(pool)]
+        )  # sorted within each pool
+        batches = order.view(self.batches_per_epoch, self.global_batch)
+        return batches[torch.randperm(self.batches_per_epoch, generator=generator)].flatten()
 
     def indices(self, iteration: int) -> list[int]:
         epoch, position = divmod(iteration, self.batches_per_epoch)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.n_examples, generator=generator)
+            self._epoch, self._order = epoch, self._epoch_order(epoch)
         start = position * self.global_batch + self.rank * self.batch_size
         return self._order[start : start + self.batch_size].tolist()

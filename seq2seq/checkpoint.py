@@ -9,6 +9,7 @@ A checkpoint is a dict of tensors and plain Python data (no pickled classes), so
     args          the training flags            scaler      GradScaler state (fp16) or None
     iteration     iterations done               history     {"train": [[it, loss]], "val": [[it, loss]]}
     best_val_loss, best_iteration               rng         torch (and CUDA) generator states
+    seconds       training time so far          clock       [[it, seconds]] at each validation
 """
 
 from __future__ import annotations

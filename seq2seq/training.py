@@ -154,6 +154,7 @@ class LoopSettings:
     seed: int = 0
     warmup: int = 0  # iterations over which the learning rates rise linearly from 0
     lr_decay: float = 1.0  # rates are multiplied by this after each validation that does not improve
+    bucket_pool: int = 0  # batches sorted by length together (BatchSchedule); 0: random batches
 
 
 @dataclass
@@ -165,6 +166,8 @@ class TrainState:
     best_iteration: int = 0
     evals_without_improvement: int = 0
     history: dict = field(default_factory=lambda: {"train": [], "val": []})
+    seconds: float = 0.0  # training time so far (validations and saves included), over resumed calls
+    clock: list = field(default_factory=list)  # [iteration, seconds] at each validation
 
 
 class Trainer:
@@ -192,11 +195,19 @@ class Trainer:
         self.state = state or TrainState()
         self.observers = list(observers)
         self.world = step.world
+        lengths = [(len(src), len(tgt)) for src, tgt in train_examples] if loop.bucket_pool else None
         self.schedule = BatchSchedule(
-            len(train_examples), loop.batch_size, loop.seed, self.world.rank, self.world.size
+            len(train_examples),
+            loop.batch_size,
+            loop.seed,
+            self.world.rank,
+            self.world.size,
+            lengths,
+            loop.bucket_pool,
         )
         self.base_rates = [group["lr"] for group in step.optimizer.param_groups]
         self._stop_requested = False
+        self._started, self._seconds_before = time.perf_counter(), self.state.seconds
 
     # -- checkpoints -----------------------------------------------------------------------------
     def payload(self) -> dict:
@@ -217,15 +228,22 @@ class Trainer:
             "best_iteration": s.best_iteration,
             "evals_without_improvement": s.evals_without_improvement,
             "history": s.history,
+            "seconds": s.seconds,
+            "clock": s.clock,
             "rng": rng,
         }
 
     def save(self, name: str) -> Path:
         """Write a checkpoint (rank 0 only: every rank holds the same weights)."""
         path = self.save_dir / name
+        self.state.seconds = self.elapsed()
         if self.world.is_main:
             save_checkpoint(path, self.payload())
         return path
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier calls of a resumed run included."""
+        return self._seconds_before + time.perf_counter() - self._started
 
     @staticmethod
     def restore(checkpoint: dict, step: TrainStep) -> TrainState:
@@ -245,6 +263,8 @@ class Trainer:
             best_iteration=checkpoint["best_iteration"],
             evals_without_improvement=checkpoint["evals_without_improvement"],
             history=checkpoint["history"],
+            seconds=checkpoint.get("seconds", 0.0),  # checkpoints from before the clock have neither
+            clock=checkpoint.get("clock", []),
         )
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -254,6 +274,7 @@ class Trainer:
         loss, _ = teacher_forced_scores(self.step.model, self.val_batches, self.step.precision)
         loss = distributed.from_main(loss)  # ranks agree on "best" and on early stopping, bit for bit
         s.history["val"].append([s.iteration, loss])
+        s.clock.append([s.iteration, round(self.elapsed(), 3)])
         if loss < s.best_val_loss:
             s.best_val_loss, s.best_iteration, s.evals_without_improvement = loss, s.iteration, 0
             self.save("best_model.pth")
@@ -281,6 +302,7 @@ class Trainer:
         Ctrl-C or SIGTERM finishes the current iteration, then saves last.pth and stops.
         """
         loop, s = self.loop, self.state
+        self._started, self._seconds_before = time.perf_counter(), s.seconds
         reason = "done"
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True,

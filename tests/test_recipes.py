@@ -206,14 +206,18 @@ def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
     )
     command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
                "--out", str(tmp_path / "runs"), "--precision", "fp32", "--jobs", "2", "--every", "3",
-               "--samples", "2", "--plot", str(tmp_path / "curves.png"),
+               "--samples", "2", "--plot", str(tmp_path / "curves.png"), "--time-plot", str(tmp_path / "time.png"),
                "--run", f"base=--recipe tutorial {tiny}", "--run", f"tied=--recipe tuned {tiny} --patience 0"]  # fmt: skip
     first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "| iteration | base train | base val | tied train | tied val |" in first.stdout
     assert "| 6 |" in first.stdout and "best validation perplexity" in first.stdout
-    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "time.png").stat().st_size > 0
+    assert "| minutes | base | tied |" in first.stdout
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    minutes = results[0]["clock"]["minutes"]
+    assert not results[0]["clock"]["estimated"] and [it for it, _ in minutes] == [3, 6]
+    assert 0 < minutes[0][1] < minutes[1][1]
     assert [r["name"] for r in results] == ["base", "tied"]
     assert results[1]["args"]["tie_embeddings"] and not results[0]["args"]["tie_embeddings"]
     val = dict(map(tuple, results[0]["history"]["val"]))
@@ -254,7 +258,8 @@ def test_quality_benchmark_stops_a_run_at_its_time_limit_and_scores_it(pair_dir,
         "--eval-every 5 --patience 0"  # fmt: skip
     command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data-dir", str(pair_dir),
                "--out", str(tmp_path / "runs"), "--precision", "fp32", "--plot", str(tmp_path / "curves.png"),
-               "--minutes", "0.2", "--run", f"endless=--recipe tutorial {endless}"]  # fmt: skip
+               "--time-plot", str(tmp_path / "time.png"), "--minutes", "0.2",
+               "--run", f"endless=--recipe tutorial {endless}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(limit)" in result.stdout  # the summary says the run was cut by its budget

@@ -43,8 +43,39 @@ def test_batch_schedule_is_a_pure_function_of_the_iteration():
     assert a.indices(3) != a.indices(0)  # a new epoch, a new permutation
 
 
-def test_resume_continues_exactly(pair_dir, tmp_path):
-    flags = ["--dropout", "0.2", "--teacher-forcing-ratio", "0.5", "--seed", "3", "--patience", "2"]
+def test_length_bucketed_schedule_sorts_within_pools_and_shuffles_batches():
+    lengths = [(i % 5 + 1, (7 * i) % 11 + 1) for i in range(40)]  # (source, target)
+    a, b = (
+        BatchSchedule(40, 4, seed=2, lengths=lengths, pool=3),
+        BatchSchedule(40, 4, seed=2, lengths=lengths, pool=3),
+    )
+    epoch = [a.indices(i) for i in range(a.batches_per_epoch)]
+    assert len({i for batch in epoch for i in batch}) == 40  # each example once an epoch
+    assert b.indices(7) == epoch[7] and b.indices(12) == a.indices(12)  # a pure function of the iteration
+    spread = [max(lengths[i][1] for i in batch) - min(lengths[i][1] for i in batch) for batch in epoch]
+    unsorted = BatchSchedule(40, 4, seed=2)
+    random_spread = [
+        max(lengths[i][1] for i in batch) - min(lengths[i][1] for i in batch)
+        for batch in (unsorted.indices(i) for i in range(10))
+    ]
+    assert sum(spread) < sum(random_spread) / 2  # similar target lengths share a batch
+    assert epoch != sorted(epoch, key=lambda batch: lengths[batch[0]][1])  # batches are shuffled
+    assert a.indices(10) != epoch[0]  # a new epoch, a new order
+
+
+@pytest.mark.parametrize("bucketing", [[], ["--bucket-pool", "2"]])
+def test_resume_continues_exactly(pair_dir, tmp_path, bucketing):
+    flags = [
+        "--dropout",
+        "0.2",
+        "--teacher-forcing-ratio",
+        "0.5",
+        "--seed",
+        "3",
+        "--patience",
+        "2",
+        *bucketing,
+    ]
     tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
     tiny_run(pair_dir, tmp_path / "split", "--iterations", "5", *flags)
     tiny_run(pair_dir, tmp_path / "split", "--resume", "--iterations", "9")
@@ -54,6 +85,9 @@ def test_resume_continues_exactly(pair_dir, tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["history"] == b["history"]  # the same validations, not one more at the split
+    assert [it for it, _ in b["clock"]] == [it for it, _ in a["clock"]] == [3, 6, 9]
+    times = [t for _, t in b["clock"]]
+    assert times == sorted(times) and b["seconds"] >= times[-1]  # the clock runs on across the resume
     assert b["args"]["dropout"] == 0.2  # saved flags carried over without repeating them
 
 
