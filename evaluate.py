@@ -43,7 +43,7 @@ def make_parser() -> ArgumentParser:
     p.add_argument(
         "--test-data", default="data/test.txt", help="query<TAB>reply pairs (download_data.py writes them)"
     )
-    add_decoding_arguments(p)
+    add_decoding_arguments(p, precision="fp32")  # scores that do not depend on the machine
     p.add_argument(
         "--batch-size", type=positive_int, default=512, help="pairs scored and replies generated at once"
     )

@@ -261,11 +261,10 @@ def setup(
     args: argparse.Namespace,
     checkpoint: dict | None,
     device: torch.device,
-    precision: str,
     world: distributed.World,
 ) -> tuple[Trainer, list[str]]:
-    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming), in the
-    resolved `precision`; also the first validation queries, for sample replies."""
+    """Data, model, optimizer and loop from the flags (and the checkpoint when resuming); also
+    the first validation queries, for sample replies."""
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if checkpoint:
@@ -288,7 +287,7 @@ def setup(
         args.iterations, args.epochs = args.epochs * batches_per_epoch, None
     rates = (args.learning_rate, args.learning_rate * args.decoder_learning_ratio)
     optimizer = make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio)
-    step = TrainStep(model, optimizer, args.clip, precision, args.label_smoothing)
+    step = TrainStep(model, optimizer, args.clip, args.precision, args.label_smoothing)
     state = Trainer.restore(checkpoint, step) if checkpoint else None
     for group, lr in zip(optimizer.param_groups, rates):
         group["lr"] = lr  # a resumed run may be given new rates
@@ -307,7 +306,7 @@ def setup(
             f"{f' on {world.size} ranks, batch {args.batch_size} each' if world.size > 1 else ''}: "
             f"{len(train):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation pairs, "
             f"{len(vocab):,} words, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-            f"{device}, {precision}",
+            f"{device}, {args.precision}",
             file=sys.stderr,
         )
     saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
@@ -321,14 +320,14 @@ def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = 
         world, device = distributed.init_from_env(resolve_device(args.device))
     except ValueError as error:  # e.g. torchrun with MPS, or more local ranks than GPUs
         raise TrainingError(str(error)) from None
-    precision, why = resolve_precision(args.precision, device)
-    if world.is_main:
-        print(f"{device}, {precision} ({why})", file=sys.stderr)
     logger = (
         WandbLogger(args) if args.use_wandb and world.is_main else None
     )  # may take a sweep agent's values
     vars(args).update(distributed.from_main(vars(args)))  # every rank runs rank 0's configuration
-    trainer, sample_queries = setup(args, checkpoint, device, precision, world)
+    args.precision, why = resolve_precision(args.precision, device)  # what the checkpoint records
+    if world.is_main:
+        print(f"{device}, {args.precision} ({why})", file=sys.stderr)
+    trainer, sample_queries = setup(args, checkpoint, device, world)
     if logger:
         logger.watch(trainer, sample_queries, args)  # first, so it sees the validation a pruner stops on
     trainer.observers += observers
@@ -336,7 +335,7 @@ def train(args: argparse.Namespace, checkpoint: dict | None, observers: tuple = 
         reason = trainer.run()
     finally:
         if args.plot and world.is_main:
-            title = f"{args.attn_model} attention, hidden {args.hidden_size}, {trainer.step.precision}"
+            title = f"{args.attn_model} attention, hidden {args.hidden_size}, {args.precision}"
             plot_losses(trainer.state.history, args.plot, title)
         if logger:
             logger.finish(args.plot)

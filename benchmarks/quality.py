@@ -129,8 +129,6 @@ def score_run(record: dict, args) -> dict:
             str(test_data),
             "--samples",
             str(args.samples),
-            "--precision",
-            "fp32",  # every run scored alike, whatever it trained in
         ]
     )
     return {

@@ -113,6 +113,7 @@ class BatchSchedule:
             [part[torch.argsort(self._keys[part], stable=True)] for part in order.split(pool)]
         )  # sorted within each pool
         batches = order.view(self.batches_per_epoch, self.global_batch)
+        batches = batches[:, torch.randperm(self.global_batch, generator=generator)]  # ranks get alike slices
         return batches[torch.randperm(self.batches_per_epoch, generator=generator)].flatten()
 
     def indices(self, iteration: int) -> list[int]:

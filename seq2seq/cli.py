@@ -183,8 +183,8 @@ def build_data(args: argparse.Namespace, force: bool = False) -> dict:
     return stats
 
 
-def add_decoding_arguments(parser: ArgumentParser) -> None:
-    """How replies are generated (chat.py and evaluate.py)."""
+def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> None:
+    """How replies are generated (chat.py and evaluate.py), and the default --precision."""
     parser.add_argument("--decoding", choices=METHODS, default="greedy", help="how replies are chosen")
     parser.add_argument("--beam-size", type=positive_int, default=5, help="beams for --decoding beam")
     parser.add_argument("--length-penalty", type=float, default=0.6, help="beam: Wu et al.'s alpha (0: none)")
@@ -200,7 +200,7 @@ def add_decoding_arguments(parser: ArgumentParser) -> None:
                         help="longest reply in tokens with EOS (default: the checkpoint's --max-length)")  # fmt: skip
     parser.add_argument("--min-length", type=positive_int, default=1, help="tokens before a reply may end")
     parser.add_argument("--seed", type=non_negative_int, help="seed for reproducible sampling")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=precision,
                         help="weights in bf16 halve the memory each step reads: about 2x faster replies on a CPU; "
                         "auto: bf16 where the hardware runs it natively")  # fmt: skip
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run")

@@ -102,13 +102,15 @@ def unpack(data: Tensor, lay: Layout, steps: int) -> Tensor:
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout with a mask drawn 16 bits an element from 64-bit draws: on a CPU,
     F.dropout's Bernoulli sampling takes four times as long. The drop rate is p rounded to a
-    multiple of 2^-16, and kept values are scaled by exactly the inverse of the keep rate."""
-    if not training or p == 0.0:
-        return x
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    multiple of 2^-16, and kept values are scaled by the inverse of that rate's keep rate."""
     dropped = round(p * 65536)
+    if not training or dropped == 0:
+        return x
+    if dropped == 65536:
+        return x * 0.0
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
     keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
-    return x * (keep.to(x.dtype) * (65536 / (65536 - dropped)))
+    return torch.where(keep, x * (65536 / (65536 - dropped)), 0.0)
 
 
 def _previous_rows(batch_sizes: list[int], reverse: bool) -> Tensor:
@@ -144,8 +146,10 @@ class _Recurrence(torch.autograd.Function):
             offsets.append(offsets[-1] + n)
         tokens, hidden = offsets[-1], h0.size(1)
         # r and z take both biases at once; n's recurrent bias stays inside r * (W_hn h + b_hn)
-        gi = wx[:tokens] + torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]])
-        b_hn = b_hh[2 * hidden :]
+        gi = wx[:tokens] + torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]]).to(
+            wx.dtype
+        )
+        b_hn = b_hh[2 * hidden :].to(wx.dtype)
         gh = gi.new_empty(tokens, 3 * hidden)
         rz = gi.new_empty(tokens, 2 * hidden)
         new = gi.new_empty(tokens, hidden)
@@ -170,7 +174,7 @@ class _Recurrence(torch.autograd.Function):
             lengths = (torch.tensor(batch_sizes).unsqueeze(1) > torch.arange(batch_sizes[0])).sum(0)
             h_n = out[torch.tensor(offsets)[lengths - 1] + torch.arange(batch_sizes[0])]
         ctx.save_for_backward(h0, w_hh, gh, rz, new, out)
-        ctx.batch_sizes, ctx.offsets, ctx.reverse = batch_sizes, offsets, reverse
+        ctx.batch_sizes, ctx.offsets, ctx.reverse, ctx.bias_dtype = batch_sizes, offsets, reverse, b_hh.dtype
         return out, h_n.clone()
 
     @staticmethod
@@ -202,7 +206,7 @@ class _Recurrence(torch.autograd.Function):
         d_b_hh = d_g.sum(0, dtype=wide)
         torch.mul(d_new, c_n, out=d_g[:tokens, 2 * hidden :])  # d gh_n = d a_n * r; d gi_n = d a_n
         d_b_ih = torch.cat([d_b_hh[: 2 * hidden], d_g[:, 2 * hidden :].sum(0, dtype=wide)])
-        return d_g, d_h, d_w, d_b_ih.to(d_g.dtype), d_b_hh.to(d_g.dtype), None, None
+        return d_g, d_h, d_w, d_b_ih.to(ctx.bias_dtype), d_b_hh.to(ctx.bias_dtype), None, None
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -224,7 +228,8 @@ def gru(module: nn.GRU, packed: Packed, h0: Tensor | None = None) -> tuple[Packe
 
     Returns the packed outputs (rows, directions * H) and the final states (layers * directions,
     B, H) in batch order, as `module` would for the same PackedSequence. Under autocast the whole
-    recurrence runs in the autocast dtype; gradients reach the fp32 weights through the casts.
+    recurrence runs in the autocast dtype; gradients reach the fp32 weights through the casts
+    (the biases' gradients are summed in fp32 and never rounded to the autocast dtype).
     """
     data, lay = packed
     dtype = _compute_dtype(data)
@@ -242,7 +247,7 @@ def gru(module: nn.GRU, packed: Packed, h0: Tensor | None = None) -> tuple[Packe
                 b_ih, b_hh = getattr(module, "bias_ih" + suffix), getattr(module, "bias_hh" + suffix)
                 out, h_n = _Recurrence.apply(
                     x.mm(_cast(w_ih, dtype).t()), h0[layer * directions + direction], _cast(w_hh, dtype),
-                    _cast(b_ih, dtype), _cast(b_hh, dtype), lay.batch_sizes, bool(direction),
+                    b_ih, b_hh, lay.batch_sizes, bool(direction),
                 )  # fmt: skip
                 outputs.append(out)
                 finals.append(h_n)
@@ -267,6 +272,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         logits = x.mm(weight.t())
         lse = torch.empty(x.size(0), dtype=_wide(x.dtype), device=x.device)
         loss = torch.empty_like(lse)
+        bias_dtype = bias.dtype
         correct = torch.zeros(x.size(0) if hits else 0, dtype=torch.bool, device=x.device)
         bias = bias.to(lse.dtype)
         for start in range(0, x.size(0), chunk):
@@ -278,10 +284,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss[rows] = (
                 nll if not smoothing else (1 - smoothing) * nll + smoothing * (lse[rows] - block.mean(1))
             )
-            if hits:  # a tie with another word counts as a hit (argmax would pick the lower id)
-                correct[rows] = gold >= block.amax(1)
+            if hits:
+                correct[rows] = block.argmax(1) == target[rows]
         ctx.save_for_backward(x, weight, bias, target, logits, lse)
-        ctx.smoothing, ctx.chunk = smoothing, chunk
+        ctx.smoothing, ctx.chunk, ctx.bias_dtype = smoothing, chunk, bias_dtype
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
@@ -303,7 +309,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             block.mul_(d_loss[rows].unsqueeze(1))
             d_bias += block.sum(0)
             grad[rows] = block
-        return grad.mm(weight), grad.t().mm(x), d_bias.to(grad.dtype), None, None, None, None
+        return grad.mm(weight), grad.t().mm(x), d_bias.to(ctx.bias_dtype), None, None, None, None
 
 
 def linear_cross_entropy(
@@ -312,17 +318,16 @@ def linear_cross_entropy(
     target: Tensor,
     label_smoothing: float = 0.0,
     hits: bool = False,
-    chunk: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """Per-row loss (rows,) in fp32 of `linear`'s logits on x (rows, H) against `target` (rows,),
     and with `hits` whether each row's argmax is its target (else an empty tensor). Under
-    autocast the matrix products run in its dtype."""
+    autocast the matrix products run in its dtype; the bias and its gradient stay in fp32."""
     dtype = _compute_dtype(x)
+    chunk = 64 if x.device.type == "cpu" else 4096  # rows of fp32 logits that stay in a CPU's cache
     with torch.autocast(x.device.type, enabled=False):
         return _LinearCrossEntropy.apply(
-            _cast(x, dtype), _cast(linear.weight, dtype), _cast(linear.bias, dtype), target, label_smoothing, hits,
-            chunk,
-        )  # fmt: skip
+            _cast(x, dtype), _cast(linear.weight, dtype), linear.bias, target, label_smoothing, hits, chunk
+        )
 
 
 def keep_eager_under_compile() -> None:
