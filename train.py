@@ -173,6 +173,11 @@ def make_parser(recipe: str = "tuned") -> ArgumentParser:
     return p
 
 
+def model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
+    """The architecture the flags describe."""
+    return ModelConfig(vocab_size, **{name: getattr(args, name) for name in ARCHITECTURE})
+
+
 def _recipe_and_resume(argv: list[str] | None) -> argparse.Namespace:
     """Just --recipe, --resume and --save-dir, read before the full parser is built."""
     p = ArgumentParser(add_help=False, allow_abbrev=False)
@@ -274,10 +279,7 @@ def setup(
         vocab = None
     vocab, train, val, sample_queries = load_data(args, vocab, world)
     if not checkpoint:
-        config = ModelConfig(len(vocab), args.hidden_size, args.encoder_layers, args.decoder_layers,
-                             args.dropout, args.attn_model, args.input_dropout, args.output_dropout,
-                             args.tie_embeddings)  # fmt: skip
-        model = Seq2Seq(config).to(device)
+        model = Seq2Seq(model_config(args, len(vocab))).to(device)
     batches_per_epoch = len(train) // (args.batch_size * world.size)
     if batches_per_epoch == 0:
         raise CorpusError(

@@ -25,11 +25,17 @@ With --parity-iterations N it then trains the recipe N iterations in fp32 and in
 """
 
 import json
+import os
 import statistics
 import sys
 import time
 from argparse import Namespace
 from pathlib import Path
+
+# oneDNN keeps 1,024 compiled kernels by default, enough for one training run's bf16 shapes, but
+# the bf16 rows here side by side need more: with the default, rows evicted each other's kernels
+# and row (e) measured 0.88 s an iteration instead of 0.57 (README, Benchmarks).
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +48,7 @@ from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import read_pairs
 from seq2seq.devices import autocast, resolve_device, resolve_precision
 from seq2seq.download import built_settings, read_stats
-from seq2seq.model import ModelConfig, Seq2Seq, sequence_loss
+from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.training import TrainStep, make_optimizer, perplexity, teacher_forced_scores
 from seq2seq.vocab import PAD, SOS, Vocabulary
 
@@ -106,18 +112,7 @@ def recipe_setup(data_dir: Path, recipe: str) -> tuple[Namespace, Vocabulary, li
 
 def fresh_model(args: Namespace, vocab: Vocabulary, device: torch.device) -> Seq2Seq:
     torch.manual_seed(args.seed)
-    config = ModelConfig(
-        len(vocab),
-        hidden_size=args.hidden_size,
-        encoder_layers=args.encoder_layers,
-        decoder_layers=args.decoder_layers,
-        dropout=args.dropout,
-        attn_model=args.attn_model,
-        input_dropout=args.input_dropout,
-        output_dropout=args.output_dropout,
-        tie_embeddings=args.tie_embeddings,
-    )
-    return Seq2Seq(config).to(device).train()
+    return Seq2Seq(train.model_config(args, len(vocab))).to(device).train()
 
 
 def precision_parity(args, vocab, examples, val, iterations: int, device: torch.device, auto: str) -> None:
