@@ -26,7 +26,7 @@ from seq2seq.cli import (
 )
 from seq2seq.decoding import reply_batch
 from seq2seq.devices import DeviceError
-from seq2seq.vocab import detokenize, normalize
+from seq2seq.vocab import detokenize, normalize, words_within
 
 HISTORY_FILE = Path.home() / ".chatbot_seq2seq_history"
 MAX_INPUT_CHARS = 1000
@@ -63,7 +63,7 @@ class Chat:
         if not query:
             return "", notes + ["nothing to answer: I only read English words and . ! ?"]
         words = query.split()
-        keep = self.settings.max_length - 1
+        keep = words_within(self.settings.max_length)
         if len(words) > keep:
             notes.append(f"I only read the first {keep} words")
             query = " ".join(words[:keep])

@@ -73,6 +73,8 @@ def main() -> None:
     args.device, args.precision = "cpu", "fp32"  # the exported bot runs on the CPU
     warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # torch.export notices nn.GRU re-listing its own weights (_flat_weights): not the user's to fix
+    warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export.*")
     try:
         model, vocab, checkpoint = load_for_inference(args)
         prompts = prompts_for(args.test_data, args.prompts, vocab)

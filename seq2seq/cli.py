@@ -184,22 +184,32 @@ def build_data(args: argparse.Namespace, force: bool = False) -> dict:
 
 
 def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> None:
-    """How replies are generated (chat.py and evaluate.py), and the default --precision."""
-    parser.add_argument("--decoding", choices=METHODS, default="greedy", help="how replies are chosen")
-    parser.add_argument("--beam-size", type=positive_int, default=5, help="beams for --decoding beam")
-    parser.add_argument("--length-penalty", type=float, default=0.6, help="beam: Wu et al.'s alpha (0: none)")
-    parser.add_argument("--no-repeat-ngram", type=non_negative_int, default=0,
+    """How replies are generated (chat.py and evaluate.py), and the default --precision. The
+    defaults are DecodeSettings' own; --max-length has none (the checkpoint's is the default)."""
+    d = DecodeSettings()
+    parser.add_argument("--decoding", choices=METHODS, default=d.method, help="how replies are chosen")
+    parser.add_argument(
+        "--beam-size", type=positive_int, default=d.beam_size, help="beams for --decoding beam"
+    )
+    parser.add_argument("--length-penalty", type=float, default=d.length_penalty,
+                        help="beam: Wu et al.'s alpha (0: none)")  # fmt: skip
+    parser.add_argument("--no-repeat-ngram", type=non_negative_int, default=d.no_repeat_ngram,
                         help="never repeat an n-gram of this size in a reply (0: off)")  # fmt: skip
-    parser.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
-    parser.add_argument("--top-k", type=non_negative_int, default=0,
+    parser.add_argument(
+        "--temperature", type=positive_float, default=d.temperature, help="sampling temperature"
+    )
+    parser.add_argument("--top-k", type=non_negative_int, default=d.top_k,
                         help="sample from the k likeliest words (0: all)")  # fmt: skip
     parser.add_argument(
-        "--top-p", type=probability, default=1.0, help="sample from this much probability mass"
+        "--top-p", type=probability, default=d.top_p, help="sample from this much probability mass"
     )
     parser.add_argument("--max-length", type=positive_int,
                         help="longest reply in tokens with EOS (default: the checkpoint's --max-length)")  # fmt: skip
-    parser.add_argument("--min-length", type=positive_int, default=1, help="tokens before a reply may end")
-    parser.add_argument("--seed", type=non_negative_int, help="seed for reproducible sampling")
+    parser.add_argument("--min-length", type=positive_int, default=d.min_length,
+                        help="tokens before a reply may end")  # fmt: skip
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=d.seed, help="seed for reproducible sampling"
+    )
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=precision,
                         help="weights in bf16 halve the memory each step reads: about 2x faster replies on a CPU; "
                         "auto: bf16 where the hardware runs it natively")  # fmt: skip

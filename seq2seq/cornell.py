@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_path
-from .vocab import SPECIAL_TOKENS, Vocabulary, count_words, normalize
+from .vocab import SPECIAL_TOKENS, Vocabulary, count_words, normalize, words_within
 
 FIELD_SEP = " +++$+++ "
 SPLITS = ("train", "val", "test")
@@ -209,7 +209,7 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
         conversation_counts[split] += 1
 
     def fits(pair: Pair, max_length: int) -> bool:
-        return pair[0].count(" ") < max_length - 1 and pair[1].count(" ") < max_length - 1
+        return all(side.count(" ") + 1 <= words_within(max_length) for side in pair)
 
     train_length = max(settings.train_max_length, settings.max_length)
     short_pairs = {

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .batching import collate
 from .model import Memory, Seq2Seq
-from .vocab import EOS, PAD, SOS, UNK, Vocabulary
+from .vocab import EOS, PAD, SOS, UNK, Vocabulary, words_within
 
 METHODS = ("greedy", "beam", "sample")
 NEVER_GENERATED = (PAD, SOS, UNK)
@@ -188,10 +188,10 @@ def reply_batch(
 ) -> list[list[str]]:
     """The best reply's tokens for each normalised query, decoded as one batch.
 
-    A query is cut to the `max_length - 1` tokens the model was trained on (EOS takes the last).
+    A query is cut to the words the model was trained on (`words_within(max_length)`).
     """
     device = next(model.parameters()).device
-    keep = settings.max_length - 1
+    keep = words_within(settings.max_length)
     batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries])
     replies = decode(model, batch.src.to(device), batch.lengths, settings)
     return [vocab.decode(row[0].tolist()) for row in replies.tokens.cpu()]

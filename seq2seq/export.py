@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from typing import Dict, List  # noqa: UP035 (TorchScript, see Bot.__init__)
 
 import torch
 import torch.nn.functional as F
@@ -151,9 +152,11 @@ class Bot(nn.Module):
     def __init__(self, encoder: nn.Module, step: nn.Module, vocab: Vocabulary, max_length: int):
         super().__init__()
         self.encoder, self.step = encoder, step
-        self.words: list[str] = list(vocab.index_to_word)
-        self.index: dict[str, int] = dict(vocab.word_to_index)
-        self.characters: dict[str, str] = _character_table()
+        # typing's spelling: TorchScript's attribute checker takes any `self.x: list[...]` or
+        # `dict[...]` here for an empty container and warns every user (torch/jit/_check.py)
+        self.words: List[str] = list(vocab.index_to_word)  # noqa: UP006
+        self.index: Dict[str, int] = dict(vocab.word_to_index)  # noqa: UP006
+        self.characters: Dict[str, str] = _character_table()  # noqa: UP006
         self.max_length = max_length
         self.pad, self.sos, self.eos, self.unk = PAD, SOS, EOS, UNK  # TorchScript reads no globals
 
@@ -216,7 +219,7 @@ class Bot(nn.Module):
             return ""
         index, vocabulary = self.index, self.words  # read the big attributes once
         ids: list[int] = []
-        for word in words[: self.max_length - 1]:
+        for word in words[: self.max_length - 1]:  # vocab.words_within, which TorchScript cannot call
             ids.append(index.get(word, self.unk))
         ids.append(self.eos)
         out: str = ""

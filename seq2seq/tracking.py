@@ -74,10 +74,13 @@ class WandbLogger:
                 setattr(args, key, value)
         self.trainer: Trainer | None = None
         self.queries: list[str] = []
+        self.settings = DecodeSettings()
 
     def watch(self, trainer: Trainer, sample_queries: list[str], args: argparse.Namespace) -> None:
-        """Observe `trainer`, showing replies to `sample_queries` at each validation."""
+        """Observe `trainer`, showing replies to `sample_queries` at each validation, as long as
+        the run's --max-length lets them be."""
         self.trainer, self.queries = trainer, sample_queries
+        self.settings = DecodeSettings(max_length=args.max_length)
         trainer.observers.append(self)
         self.run.config.update(vars(args), allow_val_change=True)  # with values resolved by setup
 
@@ -86,7 +89,7 @@ class WandbLogger:
 
     def after_validation(self, iteration: int, loss: float) -> None:
         model, vocab = self.trainer.step.model, self.trainer.vocab
-        replies = reply_batch(model, vocab, self.queries, DecodeSettings()) if self.queries else []
+        replies = reply_batch(model, vocab, self.queries, self.settings) if self.queries else []
         table = self.wandb.Table(columns=["iteration", "query", "reply"])
         for query, reply in zip(self.queries, replies):
             table.add_data(iteration, detokenize(query.split()), detokenize(reply))

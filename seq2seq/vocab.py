@@ -15,6 +15,17 @@ from collections.abc import Iterable
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>", "<unk>")
 
+
+def words_within(max_length: int) -> int:
+    """How many words a sentence keeps under a `max_length` counted in tokens: EOS takes the last.
+
+    Pairs are cut to it, and queries at reply time are cut to it, so the model never reads a
+    longer query than it was trained on. (export.py's TorchScript bot repeats the rule, since
+    TorchScript cannot call this; its parity tests guard the copy.)
+    """
+    return max_length - 1
+
+
 # Normalisation, applied identically to the corpus, to chat input and to evaluation data:
 #   1. Unicode NFKD, combining marks removed (accents stripped: "café" -> "cafe", "…" -> "..."),
 #      case folded ("Straße" -> "strasse");

@@ -124,3 +124,13 @@ def test_missing_or_corrupt_checkpoint_is_one_line(tmp_path):
     for path in ("missing.pth", "bad.pth"):
         result = convert("--model-path", str(tmp_path / path), cwd=tmp_path)
         assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+
+
+@pytest.mark.parametrize("method", ["trace", "script"])
+def test_building_the_bot_warns_of_nothing_in_its_own_code(model_and_vocab, method):
+    model, vocab = model_and_vocab
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_bot(model, vocab, 10, method)
+    ours = [w for w in caught if "instance-level annotations" in str(w.message)]
+    assert not ours, ours[0].message

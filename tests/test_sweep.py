@@ -112,3 +112,51 @@ def test_sweep_refuses_a_mistyped_train_flag(tmp_path):
     result = run("sweep.py", ["--config", str(ROOT / "sweep_config.yaml"), "--trials", "1", "--lerning-rate", "0.1"],
                  tmp_path)  # fmt: skip
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+
+
+class _FakeRun:
+    """What WandbLogger uses of a wandb run, recording what it is given."""
+
+    def __init__(self, config: dict):
+        self.config = _FakeConfig(config)
+        self.logged: list[dict] = []
+        self.summary: dict = {}
+
+    def log(self, values: dict, step: int | None = None) -> None:
+        self.logged.append(values)
+
+    def finish(self) -> None:
+        pass
+
+
+class _FakeConfig(dict):
+    def update(self, values, allow_val_change=False):
+        super().update(values)
+
+
+def test_wandb_sample_replies_decode_with_the_runs_max_length(tmp_path, monkeypatch):
+    import types
+
+    from seq2seq import tracking
+    from seq2seq.cornell import PairSettings
+    from seq2seq.download import prepare_data
+    from tests.conftest import PAIRS, write_pair_corpus
+
+    corpus = write_pair_corpus(tmp_path / "corpus", PAIRS)
+    prepare_data(
+        tmp_path / "data", PairSettings(max_length=14, min_count=1, val_fraction=0.2), source=str(corpus)
+    )
+    runs = []
+    fake = types.SimpleNamespace(init=lambda config, **_: runs.append(_FakeRun(config)) or runs[-1],
+                                 Table=lambda columns: types.SimpleNamespace(add_data=lambda *row: None),
+                                 Image=lambda path: path)  # fmt: skip
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    used = []
+    real = tracking.reply_batch
+    monkeypatch.setattr(
+        tracking, "reply_batch", lambda m, v, q, settings: used.append(settings) or real(m, v, q, settings)
+    )
+    train.main([*TINY, "--data-dir", str(tmp_path / "data"), "--iterations", "2", "--eval-every", "1",
+                "--use-wandb", "--save-dir", str(tmp_path / "run")])  # fmt: skip
+    assert [s.max_length for s in used] == [14, 14]
+    assert any("samples" in values for values in runs[0].logged)
