@@ -14,13 +14,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from seq2seq.checkpoint import CheckpointError
+from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
 from seq2seq.cli import (
     ArgumentParser,
     add_decoding_arguments,
     decode_settings,
     fail,
-    load_for_inference,
     positive_float,
     positive_int,
 )
@@ -50,8 +49,8 @@ class Chat:
     """A checkpoint plus decoding settings; turns one line of text into a reply and notes."""
 
     def __init__(self, args: argparse.Namespace):
-        self.model, self.vocab, checkpoint = load_for_inference(args)
-        self.settings = decode_settings(args, checkpoint)
+        self.model, self.vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
+        self.settings = decode_settings(args, trained_max_length(checkpoint))
 
     def respond(self, line: str) -> tuple[str, list[str]]:
         """The reply (empty if there is nothing to answer) and notes for the user."""

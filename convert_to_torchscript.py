@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.checkpoint import CheckpointError, trained_max_length
-from seq2seq.cli import ArgumentParser, fail, load_for_inference, positive_int
+from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
+from seq2seq.cli import ArgumentParser, fail, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot, export_parts
@@ -70,13 +70,14 @@ def main() -> None:
     int8 = args.quantize == "int8"
     if int8 and args.method == "export":
         fail("--quantize int8 goes with --method trace or script")
-    args.device, args.precision = "cpu", "fp32"  # the exported bot runs on the CPU
     warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # torch.export notices nn.GRU re-listing its own weights (_flat_weights): not the user's to fix
     warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export.*")
     try:
-        model, vocab, checkpoint = load_for_inference(args)
+        model, vocab, checkpoint = load_for_inference(
+            args.model_path, "cpu", "fp32"
+        )  # the exported bot runs on the CPU
         prompts = prompts_for(args.test_data, args.prompts, vocab)
     except (CheckpointError, CorpusError) as error:
         fail(str(error))

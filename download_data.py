@@ -4,7 +4,9 @@ python download_data.py                                   # from Cornell's site
 python download_data.py --source ../shared/data/cornell   # from a zip or folder you have
 """
 
-from seq2seq.cli import ArgumentParser, add_data_arguments, build_data
+from seq2seq.cli import PAIR_FLAGS, ArgumentParser, add_data_arguments, fail
+from seq2seq.cornell import PairSettings
+from seq2seq.download import DataError, build_data
 
 
 def main() -> None:
@@ -14,7 +16,11 @@ def main() -> None:
         "--force", action="store_true", help="redo finished steps (download, extraction, pairs)"
     )
     args = parser.parse_args()
-    build_data(args, force=args.force)
+    settings = PairSettings(**{field: getattr(args, flag) for flag, field in PAIR_FLAGS.items()})
+    try:
+        build_data(args.data_dir, settings, args.source, args.url, args.force)
+    except DataError as error:
+        fail(str(error), error.code)
 
 
 if __name__ == "__main__":

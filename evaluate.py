@@ -18,13 +18,12 @@ from dataclasses import asdict
 from tqdm import tqdm
 
 from seq2seq.batching import encode_pairs, iterate_batches
-from seq2seq.checkpoint import CheckpointError
+from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
 from seq2seq.cli import (
     ArgumentParser,
     add_decoding_arguments,
     decode_settings,
     fail,
-    load_for_inference,
     non_negative_int,
     positive_int,
 )
@@ -54,8 +53,8 @@ def make_parser() -> ArgumentParser:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    model, vocab, checkpoint = load_for_inference(args)
-    settings = decode_settings(args, checkpoint)
+    model, vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
+    settings = decode_settings(args, trained_max_length(checkpoint))
     pairs = read_pairs(args.test_data)[: args.limit]
     if not pairs:
         raise CorpusError(f"{args.test_data} holds no pairs")

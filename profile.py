@@ -25,10 +25,16 @@ if __name__ != "__main__":
 
 
 def train_work(model, batch):
-    """One teacher-forced training step of the default recipe (the weights change in memory only)."""
+    """One teacher-forced training step with the default recipe's optimizer settings, in fp32
+    (the weights change in memory only)."""
+    from seq2seq.config import DEFAULT_RECIPE, RECIPES
     from seq2seq.training import TrainStep, make_optimizer
 
-    step = TrainStep(model.train(), make_optimizer(model, "adam", 1e-4, 5.0), clip=50.0)
+    recipe = RECIPES[DEFAULT_RECIPE]
+    optimizer = make_optimizer(
+        model, recipe["optimizer"], recipe["learning_rate"], recipe["decoder_learning_ratio"]
+    )
+    step = TrainStep(model.train(), optimizer, recipe["clip"], label_smoothing=recipe["label_smoothing"])
     return lambda: step(batch, teacher_forcing=True)
 
 
@@ -45,8 +51,8 @@ def inference_work(model, batch, checkpoint):
 def main() -> None:
 
     from seq2seq.batching import encode_pairs, iterate_batches
-    from seq2seq.checkpoint import CheckpointError
-    from seq2seq.cli import ArgumentParser, fail, load_for_inference, positive_int
+    from seq2seq.checkpoint import CheckpointError, load_for_inference
+    from seq2seq.cli import ArgumentParser, fail, positive_int
     from seq2seq.cornell import CorpusError, read_pairs
     from seq2seq.devices import DeviceError
     from seq2seq.files import write_text_atomic
@@ -71,9 +77,8 @@ def main() -> None:
     p.add_argument("--with-stack", action="store_true", help="record Python stacks (slower; for the trace)")
     p.add_argument("--plot", default="images/profile_breakdown.png", help="bar chart of the shares")
     args = p.parse_args()
-    args.precision = "fp32"
     try:
-        model, vocab, checkpoint = load_for_inference(args)
+        model, vocab, checkpoint = load_for_inference(args.model_path, args.device, "fp32")
         if Path(args.data).exists():
             pairs = read_pairs(args.data)
         else:

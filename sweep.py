@@ -23,11 +23,13 @@ from pathlib import Path
 import optuna
 import yaml
 
-import train
+from seq2seq import config as run_config
+from seq2seq import run
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
 from seq2seq.devices import DeviceError
+from seq2seq.download import DataError
 from seq2seq.files import pyplot, save_figure
 from seq2seq.training import TrainingError
 
@@ -100,8 +102,8 @@ def objective(config: dict, passed: list[str], use_wandb: bool, save_root: Path)
             ]
             argv += ["--use-wandb"] if use_wandb else []
             print(f"trial {trial.number}: train.py {shlex.join(argv)}", file=sys.stderr)
-            args, _ = train.parse_args(argv)
-            trainer, reason = train.train(args, None, observers=(Pruner(trial),))
+            flags, _ = run.read_flags(argv)
+            trainer, reason = run.train(flags, observers=(Pruner(trial),))
         if reason == "interrupted":  # Ctrl-C: the trial is not finished, and neither is the sweep
             raise KeyboardInterrupt
         return trainer.state.best_val_loss
@@ -140,9 +142,7 @@ def main() -> None:
     parser.add_argument("--images", default="images", help="folder for the two sweep plots")
     args, passed = parser.parse_known_args()
     config = read_config(args.config)
-    train.make_parser().parse_args(
-        [*fixed_flags(config), *passed]
-    )  # a bad train.py flag fails now, not in trial 0
+    run_config.parse([*fixed_flags(config), *passed])  # a bad train.py flag fails now, not in trial 0
     study_name = args.study_name or f"chatbot-seq2seq-{Path(args.config).stem}"
     direction = "minimize" if config["metric"]["goal"] == "minimize" else "maximize"
 
@@ -178,7 +178,7 @@ def main() -> None:
                 timeout=args.timeout,
                 catch=(TrainingError,),  # a diverging trial fails alone
             )
-        except (CheckpointError, CorpusError, DeviceError) as error:
+        except (CheckpointError, CorpusError, DataError, DeviceError) as error:
             fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)

@@ -15,9 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from seq2seq import config
 from seq2seq.cli import ArgumentParser, positive_int
 from seq2seq.decoding import DecodeSettings, reply_batch
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import Seq2Seq
 from seq2seq.vocab import Vocabulary
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     device = torch.device(args.device)
     vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(len(vocab), 500, 2, 2, 0.0, "dot")).to(device).eval()
+    model = Seq2Seq(config.model_config(config.RECIPES[config.DEFAULT_RECIPE], len(vocab))).to(device).eval()
     generator = torch.Generator().manual_seed(1)
     prompts = [
         " ".join(f"w{int(i)}" for i in torch.randint(0, args.vocab_size - 4, (int(n),), generator=generator))

@@ -32,13 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
-from seq2seq.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from seq2seq.checkpoint import CheckpointError, load_checkpoint, saved_flags  # noqa: E402
 from seq2seq.cli import ArgumentParser, fail, positive_float, positive_int  # noqa: E402
+from seq2seq.config import RECIPES  # noqa: E402
 from seq2seq.devices import PRECISIONS  # noqa: E402
 from seq2seq.files import pyplot, save_figure, write_text_atomic  # noqa: E402
 from seq2seq.training import perplexity  # noqa: E402
 
-RECIPE_RUNS = {"tutorial": "--recipe tutorial", "tuned": "--recipe tuned"}
+RECIPE_RUNS = {name: f"--recipe {name}" for name in sorted(RECIPES, reverse=True)}  # tutorial, then tuned
 
 
 def parse_run(text: str) -> tuple[str, str]:
@@ -133,7 +134,7 @@ def score_run(record: dict, args) -> dict:
     )
     return {
         **record,
-        "args": checkpoint["args"],
+        "args": saved_flags(checkpoint),
         "history": checkpoint["history"],
         "clock": run_clock(checkpoint, record["seconds"]),
         "best_val_loss": checkpoint["best_val_loss"],

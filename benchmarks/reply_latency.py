@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from seq2seq import config
 from seq2seq.cli import ArgumentParser, positive_int
 from seq2seq.decoding import DecodeSettings, decode
 from seq2seq.export import build_bot
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import Seq2Seq
 from seq2seq.vocab import EOS, SOS, Vocabulary
 
 
@@ -66,7 +67,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(args.vocab_size, args.hidden_size, 2, 2, 0.0, "dot")).to(device).eval()
+    model = (
+        Seq2Seq(
+            config.model_config(
+                {**config.RECIPES[config.DEFAULT_RECIPE], "hidden_size": args.hidden_size}, args.vocab_size
+            )
+        )
+        .to(device)
+        .eval()
+    )
     half = copy.deepcopy(model).to(torch.bfloat16)
     generator = torch.Generator().manual_seed(1)
     queries = []

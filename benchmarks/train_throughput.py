@@ -42,12 +42,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import train
+from seq2seq import config
 from seq2seq.batching import Batch, BatchSchedule, collate, encode_pairs, iterate_batches
 from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import read_pairs
 from seq2seq.devices import autocast, resolve_device, resolve_precision
-from seq2seq.download import built_settings, read_stats
 from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.training import TrainStep, make_optimizer, perplexity, teacher_forced_scores
 from seq2seq.vocab import PAD, SOS, Vocabulary
@@ -94,25 +93,21 @@ def padded_step(model: Seq2Seq, optimizer, clip: float, precision: str, batch: B
 
 
 def recipe_setup(data_dir: Path, recipe: str) -> tuple[Namespace, Vocabulary, list, list]:
-    """train.py's defaults for `recipe`, the vocabulary, and its training and validation pairs."""
-    args = train.make_parser(recipe).parse_args([])
-    settings = built_settings(read_stats(data_dir / "stats.json"))
-    if settings is None:
+    """train.py's values for `recipe`, the vocabulary, and its training and validation pairs."""
+    args = Namespace(**config.layer({"recipe": recipe, "data_dir": str(data_dir)}))
+    if not (data_dir / "stats.json").exists():
         fail(f"{data_dir}/ is not built: run download_data.py first")
+    pairs = config.pair_settings(vars(args))
     vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))
-    longest = (
-        max(settings["train_max_length"], settings["max_length"])
-        if args.long_pairs
-        else settings["max_length"]
-    )
+    longest = max(pairs.train_max_length, pairs.max_length) if args.long_pairs else pairs.max_length
     examples = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, longest)
-    val = encode_pairs(read_pairs(data_dir / "val.txt"), vocab, settings["max_length"])
+    val = encode_pairs(read_pairs(data_dir / "val.txt"), vocab, pairs.max_length)
     return args, vocab, examples, val
 
 
 def fresh_model(args: Namespace, vocab: Vocabulary, device: torch.device) -> Seq2Seq:
     torch.manual_seed(args.seed)
-    return Seq2Seq(train.model_config(args, len(vocab))).to(device).train()
+    return Seq2Seq(config.model_config(vars(args), len(vocab))).to(device).train()
 
 
 def precision_parity(args, vocab, examples, val, iterations: int, device: torch.device, auto: str) -> None:
@@ -148,7 +143,10 @@ def precision_parity(args, vocab, examples, val, iterations: int, device: torch.
 def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--recipe", choices=train.RECIPES, default="tuned", help="train.py recipe whose defaults to run"
+        "--recipe",
+        choices=config.RECIPES,
+        default=config.DEFAULT_RECIPE,
+        help="train.py recipe whose defaults to run",
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="built data/ to draw batches from"

@@ -1,35 +1,69 @@
-"""The checkpoint format: one place that writes it, reads it and rebuilds a model from it.
+"""The checkpoint format: the one module that writes it, checks it, upgrades it and reads it.
 
 A checkpoint is a dict of tensors and plain Python data (no pickled classes), so it loads with
 `torch.load(..., weights_only=True)` and carries everything needed without the training data:
 
-    format        "chatbot-seq2seq/1"
-    model_config  ModelConfig as a dict         model       the model's state_dict
-    vocab         Vocabulary.to_dict()          optimizer   the optimizer's state_dict
-    args          the training flags            scaler      GradScaler state (fp16) or None
-    iteration     iterations done               history     {"train": [[it, loss]], "val": [[it, loss]]}
-    best_val_loss, best_iteration               rng         torch (and CUDA) generator states
-    seconds       training time so far          clock       [[it, seconds]] at each validation
+    format      "chatbot-seq2seq/2"
+    config      the run as resolved (config.RunConfig.to_dict()); config["model"] is the
+                ModelConfig, config["pairs"]["max_length"] the longest pair it trained on
+    model       the model's state_dict           vocab      Vocabulary.to_dict()
+    optimizer   the optimizer's state_dict       scaler     GradScaler state (fp16) or None
+    rng         torch (and CUDA) generator states
+    TrainState's fields: iteration, best_val_loss, best_iteration, evals_without_improvement,
+                history {"train": [[it, loss]], "val": [[it, loss]]}, seconds (training time so
+                far), clock ([[it, seconds]] at each validation)
+
+Inference needs format, config["model"], model and vocab; resuming needs the rest. Checkpoints
+of format 1 (flat flags under "args", the architecture under "model_config") are upgraded as
+they are loaded, by `upgrade`.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from . import config as run_config
+from .cornell import PairSettings
+from .devices import resolve_device, resolve_precision
 from .files import atomic_path
 from .model import ModelConfig, Seq2Seq
 from .vocab import Vocabulary
 
-FORMAT = "chatbot-seq2seq/1"
-REQUIRED = ("format", "model_config", "model", "vocab")
+FORMAT = "chatbot-seq2seq/2"
+FORMAT_1 = "chatbot-seq2seq/1"
+REQUIRED = ("config", "model", "vocab")
+# What a format-1 model config lacks when it was written before these options existed.
+FORMAT_1_MODEL = {"input_dropout": 0.0, "output_dropout": 0.0, "tie_embeddings": False}
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides weights and optimizer: where it was, what it measured."""
+
+    iteration: int = 0
+    best_val_loss: float = math.inf
+    best_iteration: int = 0
+    evals_without_improvement: int = 0
+    history: dict = field(default_factory=lambda: {"train": [], "val": []})
+    seconds: float = 0.0  # training time so far (validations and saves included), over resumed calls
+    clock: list = field(default_factory=list)  # [iteration, seconds] at each validation
+
+
+# The keys a checkpoint must hold to be resumed, each with the type its value must have.
+RESUME_KEYS = {"optimizer": dict, "rng": dict, "iteration": int, "best_val_loss": (int, float),
+               "best_iteration": int, "evals_without_improvement": int, "history": dict,
+               "seconds": (int, float), "clock": list}  # fmt: skip
+assert set(RESUME_KEYS) >= {f.name for f in fields(TrainState)}  # a new field needs its check here
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -38,8 +72,25 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         torch.save({"format": FORMAT, **payload}, tmp)
 
 
+def training_payload(model: Seq2Seq, vocab: Vocabulary, config: dict, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, state: TrainState) -> dict:  # fmt: skip
+    """A checkpoint a run can be resumed from and a bot can be rebuilt from."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "config": {**config, "model": model.config.to_dict()},
+        "model": model.state_dict(),
+        "vocab": vocab.to_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": rng,
+        **asdict(state),
+    }
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read and validate a checkpoint, or raise CheckpointError saying what is wrong."""
+    """Read, check and upgrade a checkpoint, or raise CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train one with `python train.py`")
@@ -50,21 +101,99 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {reason[:200]}"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or any(k not in data for k in REQUIRED):
+    if isinstance(data, dict) and data.get("format") == FORMAT_1:
+        data = upgrade(data)
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or any(k not in data for k in REQUIRED)
+        or not isinstance(data["config"], dict)
+        or not isinstance(data["config"].get("model"), dict)
+    ):
         raise CheckpointError(f"{path} is not a chatbot-seq2seq checkpoint (format {FORMAT} expected)")
     return data
 
 
+def upgrade(data: dict) -> dict:
+    """A format-1 checkpoint as format 2. Its flags become the nested configuration, with the
+    model config in place of their architecture; a run that names no recipe was trained with the
+    tutorial's, before recipes existed; a run from before the training clock has spent no time."""
+    flags, model = data.get("args"), data.get("model_config")
+    if not isinstance(flags, dict) or not isinstance(model, dict):
+        return data  # not a usable checkpoint; load_checkpoint says so
+    rest = {k: v for k, v in data.items() if k not in ("format", "args", "model_config")}
+    if "iteration" in rest:
+        rest = {"seconds": 0.0, "clock": [], **rest}
+    flags = {"recipe": run_config.RECIPE_OF_UNNAMED, **flags}
+    return {**rest, "format": FORMAT, "config": run_config.nest(flags, {**FORMAT_1_MODEL, **model})}
+
+
+def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dict:
+    """The flags a checkpoint was trained with, once it is known to hold a training state a run
+    can continue from; `recipe` is the one asked for now, if any."""
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing or not {"optimizer", "loop"} <= set(checkpoint["config"]):
+        raise CheckpointError(
+            f"{path} cannot be resumed: it lacks the training state ({', '.join(missing) or 'its flags'})"
+        )
+    for key, kind in RESUME_KEYS.items():
+        if not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool):
+            raise CheckpointError(f"{path} cannot be resumed: its {key} is not what a run saves")
+    if not all(isinstance(checkpoint["history"].get(k), list) for k in ("train", "val")):
+        raise CheckpointError(f"{path} cannot be resumed: its history is not what a run saves")
+    saved = run_config.flatten(checkpoint["config"])
+    if recipe not in (None, saved["recipe"]):
+        raise CheckpointError(
+            f"--recipe {recipe} differs from the checkpoint's {saved['recipe']}; a resumed run keeps it"
+        )
+    return saved
+
+
+def check_unchanged(saved: dict, flags: dict) -> None:
+    """Refuse flags that would change what a resumed run cannot change."""
+    for name, what in run_config.FIXED_ON_RESUME.items():
+        if name in saved and flags[name] != saved[name]:
+            raise CheckpointError(
+                f"--{name.replace('_', '-')} {flags[name]} differs from the checkpoint's {saved[name]}; "
+                f"{what} cannot change on resume"
+            )
+
+
+def restore_training(
+    checkpoint: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> TrainState:
+    """Load optimizer, scaler and RNG states from a checkpoint (checked by `resumed_flags`) whose
+    weights the model holds. The optimizer state is loaded after the model is on its device, so
+    it lands there too."""
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint's training state does not fit this run: {detail[:200]}") from None
+    return TrainState(**{f.name: checkpoint[f.name] for f in fields(TrainState)})
+
+
+def saved_flags(checkpoint: dict) -> dict:
+    """The flags a checkpoint's run was resolved to (its architecture included)."""
+    return run_config.flatten(checkpoint["config"])
+
+
 def trained_max_length(checkpoint: dict) -> int:
-    """The --max-length a checkpoint was trained with (EOS included): its replies' natural limit."""
-    return checkpoint.get("args", {}).get("max_length", 10)
+    """The --max-length a checkpoint was trained with (EOS included): its replies' natural limit.
+    A checkpoint that records none was trained on a default build."""
+    return checkpoint["config"].get("pairs", {}).get("max_length", PairSettings().max_length)
 
 
 def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocabulary]:
     """The model (weights loaded, on `device`) and vocabulary a checkpoint describes."""
     try:
         vocab = Vocabulary.from_dict(checkpoint["vocab"])
-        config = ModelConfig(**checkpoint["model_config"])
+        config = ModelConfig(**checkpoint["config"]["model"])
         if config.vocab_size != len(vocab):
             raise ValueError(
                 f"its vocabulary has {len(vocab)} words but its model expects {config.vocab_size}"
@@ -76,3 +205,15 @@ def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[S
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
         raise CheckpointError(f"checkpoint does not describe a usable model: {detail[:200]}") from None
     return model.to(device), vocab
+
+
+def load_for_inference(path: str | Path, device: str, precision: str) -> tuple[Seq2Seq, Vocabulary, dict]:
+    """The checkpoint at `path` as an eval-mode model on `device` in `precision` (auto, fp32,
+    bf16), its vocabulary and the checkpoint itself. Raises CheckpointError or DeviceError."""
+    where = resolve_device(device)
+    precision, _ = resolve_precision(precision, where)
+    checkpoint = load_checkpoint(path, map_location=where)
+    model, vocab = build_model(checkpoint, where)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    return model.eval(), vocab, checkpoint

@@ -5,17 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-import torch
-
-from .checkpoint import build_model, load_checkpoint, trained_max_length
 from .cornell import RARE_WORD_POLICIES, PairSettings
 from .decoding import METHODS, DecodeSettings
-from .devices import DEVICES, resolve_device, resolve_precision
-from .download import CORPUS_URL, DataError, built_settings, format_stats, prepare_data, read_stats
-from .model import Seq2Seq
-from .vocab import Vocabulary
+from .devices import DEVICES
+from .download import CORPUS_URL, DATA_DIR
 
 
 def _kebab(arg: str) -> str:
@@ -90,8 +84,8 @@ def fail(message: str, code: int = 1) -> None:
     raise SystemExit(code)
 
 
-# Pair-cutting flags: their PairSettings field names and the values download_data.py defaults to.
-DATA_FLAGS = {"max_length": "max_length", "train_max_length": "train_max_length", "min_count": "min_count",
+# Pair-cutting flags and their PairSettings field names.
+PAIR_FLAGS = {"max_length": "max_length", "train_max_length": "train_max_length", "min_count": "min_count",
               "rare_words": "rare_words", "val_fraction": "val_fraction", "test_fraction": "test_fraction",
               "split_seed": "seed"}  # fmt: skip
 
@@ -99,88 +93,38 @@ DATA_FLAGS = {"max_length": "max_length", "train_max_length": "train_max_length"
 def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None:
     """The flags that say where the corpus comes from and how pairs are cut.
 
-    With `keep_built` (train.py) an unset pair-cutting flag keeps the value data/ was built
-    with, so training never silently uses data cut differently from what it asked for, and
-    asking for something else rebuilds data/.
+    With `keep_built` (train.py) the flags carry no defaults (config.py layers them) and an
+    unset pair-cutting flag keeps the value data/ was built with, so training never silently
+    uses data cut differently from what it asked for, and asking for something else rebuilds
+    data/. Otherwise (download_data.py) they default to PairSettings'.
     """
-    defaults = PairSettings()
+    pairs = PairSettings()
 
-    def default(field: str):
-        return None if keep_built else getattr(defaults, field)
+    def add(name: str, help: str, **kwargs) -> None:
+        flag = name[2:].replace("-", "_")
+        if flag in PAIR_FLAGS:
+            value = getattr(pairs, PAIR_FLAGS[flag])
+            if keep_built:
+                help += f" (default: as data/ was built, else {value})"
+            else:
+                kwargs["default"] = value
+        elif not keep_built:
+            kwargs["default"] = {"data_dir": DATA_DIR, "url": CORPUS_URL}.get(flag)
+        parser.add_argument(name, help=help, **kwargs)
 
-    def shown(field: str) -> str:
-        value = getattr(defaults, field)
-        return f" (default: as data/ was built, else {value})" if keep_built else ""
-
-    parser.add_argument(
-        "--data-dir", default="data", help="folder for train/val/test.txt, vocab.json, stats.json"
-    )
-    parser.add_argument("--source", help="an already downloaded corpus zip or extracted folder (offline use)")
-    parser.add_argument("--url", default=CORPUS_URL, help="address of the corpus zip")
-    parser.add_argument("--max-length", type=positive_int, default=default("max_length"),
-                        help="keep pairs whose sides are shorter than this many tokens (room for EOS)"
-                        + shown("max_length"))  # fmt: skip
-    parser.add_argument("--train-max-length", type=non_negative_int, default=default("train_max_length"),
-                        help="training pairs may be this long (train.py --long-pairs uses them); validation, "
-                        "test and the vocabulary still follow --max-length" + shown("train_max_length"))  # fmt: skip
-    parser.add_argument(
-        "--min-count",
-        type=positive_int,
-        default=default("min_count"),
-        help="words seen fewer times in the training split are rare" + shown("min_count"),
-    )
-    parser.add_argument("--rare-words", choices=RARE_WORD_POLICIES, default=default("rare_words"),
-                        help="unk: keep pairs, rare words become <unk>; drop: drop pairs with rare words "
-                        "(tutorial)" + shown("rare_words"))  # fmt: skip
-    parser.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=default("val_fraction"),
-        help="share of conversations for validation" + shown("val_fraction"),
-    )
-    parser.add_argument(
-        "--test-fraction",
-        type=fraction,
-        default=default("test_fraction"),
-        help="share of conversations for test" + shown("test_fraction"),
-    )
-    parser.add_argument(
-        "--split-seed",
-        type=non_negative_int,
-        default=default("seed"),
-        help="seed of the conversation split" + shown("seed"),
-    )
-
-
-def pair_settings(args: argparse.Namespace) -> PairSettings:
-    """The flags as PairSettings; unset ones come from data/stats.json, else the defaults.
-
-    The resolved values are written back onto `args`, so what a run records is what it used.
-    """
-    built = built_settings(read_stats(Path(args.data_dir) / "stats.json")) or {}
-    fallback = {**vars(PairSettings()), **built}
-    values = {}
-    for flag, field in DATA_FLAGS.items():
-        if getattr(args, flag) is None:
-            setattr(args, flag, fallback[field])
-        values[field] = getattr(args, flag)
-    return PairSettings(**values)
-
-
-def build_data(args: argparse.Namespace, force: bool = False) -> dict:
-    """Build data/ (or find it already built as asked), print its summary; one line on failure."""
-    try:
-        stats = prepare_data(args.data_dir, pair_settings(args), args.source, args.url, force)
-    except DataError as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted; finished files are kept and a rerun continues from them", 130)
-    if stats.get("skipped_build"):
-        print(
-            f"{args.data_dir}/ is already built with these settings (use --force to rebuild)", file=sys.stderr
-        )
-    print(format_stats(stats), file=sys.stderr if stats.get("skipped_build") else sys.stdout)
-    return stats
+    add("--data-dir", "folder for train/val/test.txt, vocab.json, stats.json")
+    add("--source", "an already downloaded corpus zip or extracted folder (offline use)")
+    add("--url", "address of the corpus zip")
+    add("--max-length", "keep pairs whose sides are shorter than this many tokens (room for EOS)",
+        type=positive_int)  # fmt: skip
+    add("--train-max-length", "training pairs may be this long (train.py --long-pairs uses them); "
+        "validation, test and the vocabulary still follow --max-length", type=non_negative_int)  # fmt: skip
+    add("--min-count", "words seen fewer times in the training split are rare", type=positive_int)
+    add("--rare-words", "unk: keep pairs, rare words become <unk>; drop: drop pairs with rare words "
+        "(tutorial)", choices=RARE_WORD_POLICIES)  # fmt: skip
+    add("--val-fraction", "share of conversations for validation", type=fraction)
+    add("--test-fraction", "share of conversations for test", type=fraction)
+    add("--split-seed", "seed of the conversation split", type=non_negative_int)
 
 
 def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> None:
@@ -216,22 +160,12 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> N
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
 
 
-def load_for_inference(args: argparse.Namespace) -> tuple[Seq2Seq, Vocabulary, dict]:
-    """The checkpoint at --model-path as an eval-mode model on --device in --precision, its
-    vocabulary and the checkpoint itself. Raises CheckpointError or DeviceError."""
-    device = resolve_device(args.device)
-    precision, _ = resolve_precision(args.precision, device)
-    checkpoint = load_checkpoint(args.model_path, map_location=device)
-    model, vocab = build_model(checkpoint, device)
-    if precision == "bf16":
-        model.to(torch.bfloat16)
-    return model.eval(), vocab, checkpoint
-
-
-def decode_settings(args: argparse.Namespace, checkpoint: dict) -> DecodeSettings:
+def decode_settings(args: argparse.Namespace, max_length: int) -> DecodeSettings:
+    """The decoding flags as settings; `max_length` is the default of --max-length (the
+    checkpoint's, checkpoint.trained_max_length)."""
     return DecodeSettings(
         method=args.decoding,
-        max_length=args.max_length or trained_max_length(checkpoint),
+        max_length=args.max_length or max_length,
         min_length=args.min_length,
         beam_size=args.beam_size,
         length_penalty=args.length_penalty,

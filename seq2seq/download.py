@@ -24,6 +24,7 @@ from .cornell import SPLITS, CorpusError, PairSettings, find_corpus, make_pairs,
 from .files import write_text_atomic
 
 CORPUS_URL = "https://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip"
+DATA_DIR = "data"  # where data/ is built unless --data-dir says otherwise
 ZIP_NAME = "cornell_movie_dialogs_corpus.zip"
 RAW_DIR = "raw"
 CORNELL_MEMBERS = ("movie_lines.txt", "movie_conversations.txt")
@@ -34,6 +35,12 @@ RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.Chu
 
 class DataError(Exception):
     """A problem the user can fix; the message is one line saying what happened and what to do."""
+
+    code = 1  # the exit status a script reports it with
+
+
+class BuildInterrupted(DataError):
+    code = 130
 
 
 def _range_start(response: requests.Response) -> int | None:
@@ -264,3 +271,19 @@ def format_stats(stats: dict) -> str:
     if stats["skipped"]:
         lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in stats["skipped"].items()))
     return "\n".join(lines)
+
+
+def build_data(data_dir: str | Path, settings: PairSettings, source: str | None = None, url: str = CORPUS_URL,
+               force: bool = False) -> dict:  # fmt: skip
+    """prepare_data, with its summary on the terminal (on stderr when data/ was already built);
+    Ctrl-C becomes a BuildInterrupted, whose message says what is kept."""
+    try:
+        stats = prepare_data(data_dir, settings, source, url, force)
+    except KeyboardInterrupt:
+        raise BuildInterrupted(
+            "interrupted; finished files are kept and a rerun continues from them"
+        ) from None
+    if stats.get("skipped_build"):
+        print(f"{data_dir}/ is already built with these settings (use --force to rebuild)", file=sys.stderr)
+    print(format_stats(stats), file=sys.stderr if stats.get("skipped_build") else sys.stdout)
+    return stats

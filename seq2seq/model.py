@@ -33,19 +33,20 @@ from .vocab import PAD, SOS
 ATTENTION_SCORES = ("dot", "general", "concat")
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Everything needed to rebuild the network; stored in every checkpoint."""
+    """Everything needed to rebuild the network; stored in every checkpoint. (The values a run
+    uses come from config.RECIPES.)"""
 
     vocab_size: int
-    hidden_size: int = 500
-    encoder_layers: int = 2
-    decoder_layers: int = 2
-    dropout: float = 0.1  # between GRU layers and on the decoder's input, as in the tutorial
-    attn_model: str = "dot"
-    input_dropout: float = 0.0  # on the encoder's embedded source
-    output_dropout: float = 0.0  # on the decoder's attentional vector, before the output projection
-    tie_embeddings: bool = False  # output projection shares the embedding matrix
+    hidden_size: int
+    encoder_layers: int
+    decoder_layers: int
+    dropout: float  # between GRU layers and on the decoder's input, as in the tutorial
+    attn_model: str
+    input_dropout: float  # on the encoder's embedded source
+    output_dropout: float  # on the decoder's attentional vector, before the output projection
+    tie_embeddings: bool  # output projection shares the embedding matrix
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,16 +13,15 @@ Nothing here imports wandb until a run asks for it (`train.py --use-wandb`). Log
 
 from __future__ import annotations
 
-import argparse
 import netrc
 import os
 import sys
 
+from .config import RunConfig
 from .decoding import DecodeSettings, reply_batch
 from .training import Trainer, TrainingError, perplexity
 from .vocab import detokenize
 
-WANDB_MODES = ("online", "offline", "disabled")
 WANDB_HOST = "api.wandb.ai"
 
 
@@ -53,36 +52,35 @@ def resolve_mode(mode: str | None) -> str:
 class WandbLogger:
     """A W&B run observing a Trainer (see Trainer's observers)."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, flags: dict):
         """Start the run. Under `wandb agent` the run's config holds the trial's values; they
-        override the parsed flags, so a sweep works whether or not its command passes them."""
+        override the flags (`agent_values`), so a sweep works whether or not its command passes
+        them."""
         import wandb
 
         self.wandb = wandb
         try:
             self.run = wandb.init(
-                project=args.wandb_project,
-                entity=args.wandb_entity,
-                mode=resolve_mode(args.wandb_mode),
-                config=vars(args),
+                project=flags["wandb_project"],
+                entity=flags["wandb_entity"],
+                mode=resolve_mode(flags["wandb_mode"]),
+                config=flags,
             )
         except Exception as error:  # wandb's own errors: a bad key or mode, no network, ...
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TrainingError(f"W&B could not start a run: {first} (try --wandb-mode offline)") from None
-        for key, value in dict(self.run.config).items():
-            if hasattr(args, key) and getattr(args, key) != value:
-                setattr(args, key, value)
+        self.agent_values = {k: v for k, v in dict(self.run.config).items() if k in flags and flags[k] != v}
         self.trainer: Trainer | None = None
         self.queries: list[str] = []
         self.settings = DecodeSettings()
 
-    def watch(self, trainer: Trainer, sample_queries: list[str], args: argparse.Namespace) -> None:
+    def watch(self, trainer: Trainer, sample_queries: list[str], config: RunConfig) -> None:
         """Observe `trainer`, showing replies to `sample_queries` at each validation, as long as
         the run's --max-length lets them be."""
         self.trainer, self.queries = trainer, sample_queries
-        self.settings = DecodeSettings(max_length=args.max_length)
+        self.settings = DecodeSettings(max_length=config.pairs.max_length)
         trainer.observers.append(self)
-        self.run.config.update(vars(args), allow_val_change=True)  # with values resolved by setup
+        self.run.config.update(config.flags(), allow_val_change=True)  # as the run resolved them
 
     def after_steps(self, iteration: int, metrics: dict) -> None:
         self.run.log(metrics, step=iteration)

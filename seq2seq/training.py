@@ -9,7 +9,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,13 +19,12 @@ from tqdm import tqdm
 
 from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
-from .checkpoint import save_checkpoint
+from .checkpoint import TrainState, restore_training, save_checkpoint, training_payload
+from .config import OPTIMIZERS, LoopSettings
 from .devices import autocast
 from .files import pyplot, save_figure
 from .model import Seq2Seq
 from .vocab import Vocabulary
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 class TrainingError(Exception):
@@ -144,30 +143,13 @@ def perplexity(loss: float) -> float:
 
 
 @dataclass
-class LoopSettings:
-    iterations: int
-    batch_size: int
-    teacher_forcing_ratio: float = 1.0
-    eval_every: int = 250
-    save_every: int = 500
-    patience: int = 0  # evaluations without improvement before stopping; 0 never stops early
-    seed: int = 0
-    warmup: int = 0  # iterations over which the learning rates rise linearly from 0
-    lr_decay: float = 1.0  # rates are multiplied by this after each validation that does not improve
-    bucket_pool: int = 0  # batches sorted by length together (BatchSchedule); 0: random batches
+class _Window:
+    """Running training metrics between two reports (every 10 iterations)."""
 
-
-@dataclass
-class TrainState:
-    """What a resumed run needs besides weights: where it was and what it measured."""
-
-    iteration: int = 0
-    best_val_loss: float = math.inf
-    best_iteration: int = 0
-    evals_without_improvement: int = 0
-    history: dict = field(default_factory=lambda: {"train": [], "val": []})
-    seconds: float = 0.0  # training time so far (validations and saves included), over resumed calls
-    clock: list = field(default_factory=list)  # [iteration, seconds] at each validation
+    started: float
+    loss: float = 0.0
+    iterations: int = 0
+    tokens: int = 0
 
 
 class Trainer:
@@ -186,12 +168,13 @@ class Trainer:
         val_batches: list[Batch],
         loop: LoopSettings,
         save_dir: str | Path,
-        args: dict,
+        config: dict,
         state: TrainState | None = None,
         observers: tuple = (),
     ):
+        """`config` is what checkpoints record of the run (config.RunConfig.to_dict())."""
         self.step, self.vocab, self.examples, self.val_batches = step, vocab, train_examples, val_batches
-        self.loop, self.save_dir, self.args = loop, Path(save_dir), args
+        self.loop, self.save_dir, self.config = loop, Path(save_dir), config
         self.state = state or TrainState()
         self.observers = list(observers)
         self.world = step.world
@@ -210,35 +193,16 @@ class Trainer:
         self._started, self._seconds_before = time.perf_counter(), self.state.seconds
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def payload(self) -> dict:
-        model = self.step.model
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        s = self.state
-        return {
-            "model_config": model.config.to_dict(),
-            "model": model.state_dict(),
-            "vocab": self.vocab.to_dict(),
-            "optimizer": self.step.optimizer.state_dict(),
-            "scaler": self.step.scaler.state_dict() if self.step.scaler.is_enabled() else None,
-            "args": self.args,
-            "iteration": s.iteration,
-            "best_val_loss": s.best_val_loss,
-            "best_iteration": s.best_iteration,
-            "evals_without_improvement": s.evals_without_improvement,
-            "history": s.history,
-            "seconds": s.seconds,
-            "clock": s.clock,
-            "rng": rng,
-        }
-
     def save(self, name: str) -> Path:
         """Write a checkpoint (rank 0 only: every rank holds the same weights)."""
         path = self.save_dir / name
         self.state.seconds = self.elapsed()
         if self.world.is_main:
-            save_checkpoint(path, self.payload())
+            step = self.step
+            payload = training_payload(
+                step.model, self.vocab, self.config, step.optimizer, step.scaler, self.state
+            )
+            save_checkpoint(path, payload)
         return path
 
     def elapsed(self) -> float:
@@ -247,25 +211,9 @@ class Trainer:
 
     @staticmethod
     def restore(checkpoint: dict, step: TrainStep) -> TrainState:
-        """Load optimizer, scaler and RNG states from a checkpoint whose weights the model holds.
-
-        The optimizer state is loaded after the model is on its device, so it lands there too.
-        """
-        step.optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler") and step.scaler.is_enabled():
-            step.scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        return TrainState(
-            iteration=checkpoint["iteration"],
-            best_val_loss=checkpoint["best_val_loss"],
-            best_iteration=checkpoint["best_iteration"],
-            evals_without_improvement=checkpoint["evals_without_improvement"],
-            history=checkpoint["history"],
-            seconds=checkpoint.get("seconds", 0.0),  # checkpoints from before the clock have neither
-            clock=checkpoint.get("clock", []),
-        )
+        """The training state of a checkpoint whose weights `step`'s model holds; its optimizer
+        and scaler states go into `step`, its RNG states into torch."""
+        return restore_training(checkpoint, step.optimizer, step.scaler)
 
     # -- the loop ----------------------------------------------------------------------------------
     def validate(self) -> float:
@@ -307,41 +255,14 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True,
                    disable=not self.world.is_main)  # fmt: skip
-        window = [0.0, 0, 0, time.perf_counter()]  # loss sum, iterations, tokens, start time
+        window = _Window(time.perf_counter())
         try:
             while s.iteration < loop.iterations:
-                batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
-                teacher_forcing = self.teacher_forcing(s.iteration)
-                scale = self.lr_scale(s.iteration)
-                for group, rate in zip(self.step.optimizer.param_groups, self.base_rates):
-                    group["lr"] = rate * scale
-                try:
-                    loss, grad_norm = self.step(batch, teacher_forcing)
-                except TrainingError as error:
-                    raise TrainingError(
-                        f"{error} (stopped at iteration {s.iteration + 1}; saved checkpoints are untouched)"
-                    ) from None
-                s.iteration += 1
-                s.history["train"].append([s.iteration, loss.item()])
-                window[0] += s.history["train"][-1][1]
-                window[1] += 1
-                window[2] += batch.n_tokens
+                grad_norm = self._step(window)
                 bar.update(1)
-                if window[1] == 10 or s.iteration == loop.iterations:
-                    metrics = {
-                        "train/loss": window[0] / window[1],
-                        "train/tokens_per_s": window[2] / (time.perf_counter() - window[3]),
-                        "train/grad_norm": grad_norm.item(),
-                        "train/lr_encoder": self.step.optimizer.param_groups[0]["lr"],
-                        "train/lr_decoder": self.step.optimizer.param_groups[1]["lr"],
-                    }
-                    bar.set_postfix(
-                        loss=f"{metrics['train/loss']:.3f}",
-                        tok_s=f"{metrics['train/tokens_per_s']:,.0f}",
-                        best_val=f"{s.best_val_loss:.3f}" if s.best_val_loss < math.inf else "-",
-                    )
-                    self._notify("after_steps", s.iteration, metrics)
-                    window = [0.0, 0, 0, time.perf_counter()]
+                if window.iterations == 10 or s.iteration == loop.iterations:
+                    self._report(window, grad_norm, bar)
+                    window = _Window(time.perf_counter())
                 if s.iteration % loop.eval_every == 0:
                     val = self.validate()
                     if self.world.is_main:
@@ -365,6 +286,43 @@ class Trainer:
             self.validate()  # a run always ends with a validated best_model.pth
         self.save("last.pth")
         return reason
+
+    def _step(self, window: _Window) -> torch.Tensor:
+        """Train iteration `state.iteration + 1`, adding it to `window`; return its gradient norm."""
+        s = self.state
+        batch = collate([self.examples[i] for i in self.schedule.indices(s.iteration)])
+        scale = self.lr_scale(s.iteration)
+        for group, rate in zip(self.step.optimizer.param_groups, self.base_rates):
+            group["lr"] = rate * scale
+        try:
+            loss, grad_norm = self.step(batch, self.teacher_forcing(s.iteration))
+        except TrainingError as error:
+            raise TrainingError(
+                f"{error} (stopped at iteration {s.iteration + 1}; saved checkpoints are untouched)"
+            ) from None
+        s.iteration += 1
+        s.history["train"].append([s.iteration, loss.item()])
+        window.loss += s.history["train"][-1][1]
+        window.iterations += 1
+        window.tokens += batch.n_tokens
+        return grad_norm
+
+    def _report(self, window: _Window, grad_norm: torch.Tensor, bar: tqdm) -> None:
+        """The window's running metrics to the progress bar and the observers."""
+        groups, best = self.step.optimizer.param_groups, self.state.best_val_loss
+        metrics = {
+            "train/loss": window.loss / window.iterations,
+            "train/tokens_per_s": window.tokens / (time.perf_counter() - window.started),
+            "train/grad_norm": grad_norm.item(),
+            "train/lr_encoder": groups[0]["lr"],
+            "train/lr_decoder": groups[1]["lr"],
+        }
+        bar.set_postfix(
+            loss=f"{metrics['train/loss']:.3f}",
+            tok_s=f"{metrics['train/tokens_per_s']:,.0f}",
+            best_val=f"{best:.3f}" if best < math.inf else "-",
+        )
+        self._notify("after_steps", self.state.iteration, metrics)
 
     def teacher_forcing(self, iteration: int) -> bool:
         """Whether iteration `iteration` is teacher-forced: a pure function of the seed and the

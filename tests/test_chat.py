@@ -8,26 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-HOSTILE = [
-    "",
-    "   \t  ",
-    "x" * 10_000,
-    "hello 😀 こんにちは",
-    "Привет мир",
-    "\x00\x07\x1b[31mred\x1b[0m",
-    "zzzq blorft",
-    "what is your name?" * 30,
-    "/quit",
-    "'''---!!!???",
-]
+from tests.helpers import ENV, HOSTILE, ROOT, run_script
 
 
 def run_chat(args, stdin: bytes, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HOME": str(home), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), *args], input=stdin, capture_output=True, env=env
-    )
+    return run_script("chat.py", *args, input=stdin, text=False, env={**ENV, "HOME": str(home)})
 
 
 def test_piped_mode_answers_each_line_with_exactly_one_line(trained_checkpoint, tmp_path):
@@ -67,7 +52,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 def test_interactive_session(trained_checkpoint, tmp_path):
     master, slave = pty.openpty()
-    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "TERM": "dumb"}
+    env = {**ENV, "HOME": str(tmp_path), "TERM": "dumb"}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "chat.py"), "--model-path", str(trained_checkpoint)],
         stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,

@@ -11,7 +11,7 @@ from seq2seq.cornell import (
     split_conversations,
     write_pairs,
 )
-from tests.conftest import write_convokit
+from tests.helpers import write_convokit
 
 
 def test_reads_official_layout_and_counts_defects(corpus):
@@ -105,3 +105,15 @@ def test_pair_file_round_trip_and_errors(tmp_path):
         read_pairs(tmp_path / "bad.txt")
     with pytest.raises(CorpusError, match="download_data.py"):
         read_pairs(tmp_path / "missing.txt")
+
+
+def test_longer_training_pairs_leave_held_out_files_and_vocabulary_alone(tmp_path):
+    long_side = " ".join(["long"] * 12)
+    conversations = [["hi there .", long_side, "ok ."], ["hi .", "yo ."]] * 5
+    settings = dict(min_count=1, val_fraction=0.2, test_fraction=0.2, seed=3)
+    short = make_pairs(conversations, PairSettings(train_max_length=0, **settings))
+    longer = make_pairs(conversations, PairSettings(train_max_length=16, **settings))
+    assert longer.splits["val"] == short.splits["val"] and longer.splits["test"] == short.splits["test"]
+    assert longer.vocab.index_to_word == short.vocab.index_to_word  # "long" is not counted
+    assert set(longer.splits["train"]) - set(short.splits["train"]) == {("hi there .", long_side),
+                                                                         (long_side, "ok .")}  # fmt: skip

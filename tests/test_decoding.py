@@ -6,8 +6,9 @@ from torch import nn
 
 from seq2seq.batching import collate
 from seq2seq.decoding import DecodeSettings, decode
-from seq2seq.model import Memory, ModelConfig, Seq2Seq
+from seq2seq.model import Memory, Seq2Seq
 from seq2seq.vocab import EOS, PAD, SOS
+from tests.helpers import tiny_config
 
 A, B, C = 4, 5, 6  # three ordinary words after the special tokens
 
@@ -39,7 +40,7 @@ def queries(n: int = 1):
 
 def random_model(seed=0) -> Seq2Seq:
     torch.manual_seed(seed)
-    return Seq2Seq(ModelConfig(40, 16, 1, 2, 0.0, "general")).eval()
+    return Seq2Seq(tiny_config(40, decoder_layers=2, attn_model="general")).eval()
 
 
 def random_queries(n=5, seed=0):

@@ -41,7 +41,7 @@ def test_train_says_what_auto_chose_first_and_records_the_choice(pair_dir, tmp_p
                 "--iterations", "2", "--device", "cpu", "--data-dir", str(pair_dir), "--save-dir", str(tmp_path)])  # fmt: skip
     first = capsys.readouterr().err.splitlines()[0]
     assert first.startswith("cpu, fp32 (auto: this CPU has no native bf16")
-    assert load_checkpoint(tmp_path / "last.pth")["args"]["precision"] == "fp32"  # not "auto"
+    assert load_checkpoint(tmp_path / "last.pth")["config"]["machine"]["precision"] == "fp32"  # not "auto"
 
 
 def test_chat_follows_the_hardware_and_evaluation_stays_in_fp32_by_default():

@@ -1,6 +1,5 @@
 """torchrun with the gloo backend on the CPU: 2 processes, a tiny model."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +9,9 @@ import torch
 
 import train
 from seq2seq.checkpoint import build_model, load_checkpoint
+from tests.helpers import ENV, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FLAGS = ["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "2", "--dropout", "0",
          "--input-dropout", "0", "--output-dropout", "0", "--device", "cpu", "--precision", "fp32", "--optimizer", "sgd",
          "--learning-rate", "0.5", "--eval-every", "1"]  # fmt: skip

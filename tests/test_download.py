@@ -2,8 +2,6 @@
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,10 +10,8 @@ import pytest
 
 from seq2seq import download
 from seq2seq.cornell import PairSettings
-from seq2seq.download import DataError, prepare_data
-from tests.conftest import make_zip
-
-ROOT = Path(__file__).resolve().parent.parent
+from seq2seq.download import DataError, prepare_data, read_stats
+from tests.helpers import make_zip, run_script
 
 
 class CorpusServer(ThreadingHTTPServer):
@@ -211,7 +207,7 @@ def test_an_unfinished_build_is_not_trusted(corpus, tmp_path):
 
 
 def test_stats_count_pairs_that_recur_in_train(tmp_path):
-    from tests.conftest import PAIRS, write_pair_corpus
+    from tests.helpers import PAIRS, write_pair_corpus
 
     corpus = write_pair_corpus(tmp_path / "c", PAIRS, copies=3)
     stats = prepare_data(
@@ -231,23 +227,26 @@ def test_finished_steps_are_skipped_unless_forced(corpus, tmp_path):
     assert "skipped_build" not in prepare_data(tmp_path / "data", changed, source=str(folder))
 
 
-def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "download_data.py"), *args], cwd=cwd, capture_output=True, text=True
-    )
-
-
 def test_script_with_source_zip_prints_summary(corpus_zip, tmp_path):
-    result = run_script("--source", str(corpus_zip), "--min_count=1", cwd=tmp_path)
+    result = run_script("download_data.py", "--source", str(corpus_zip), "--min_count=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "after length filter" in result.stdout and "missing_line_id 2" in result.stdout
     assert data_files(tmp_path / "data") == ["test.txt", "train.txt", "val.txt", "stats.json", "vocab.json"]
 
 
 def test_script_errors_are_one_line(tmp_path):
-    result = run_script("--source", str(tmp_path / "nowhere.zip"), cwd=tmp_path)
+    result = run_script("download_data.py", "--source", str(tmp_path / "nowhere.zip"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
     assert not (tmp_path / "data").exists() or data_files(tmp_path / "data") == []
-    result = run_script("--rare-words", "maybe", cwd=tmp_path)
+    result = run_script("download_data.py", "--rare-words", "maybe", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+
+
+def test_a_build_from_before_train_max_length_is_not_rebuilt(pair_dir):
+    stats_path = pair_dir / "stats.json"
+    stats = read_stats(stats_path)
+    del stats["settings"]["train_max_length"]
+    stats_path.write_text(json.dumps(stats))
+    settings = PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.1, train_max_length=0)
+    assert prepare_data(pair_dir, settings).get("skipped_build")  # such a build had no longer pairs

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +8,9 @@ import evaluate
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.cornell import write_pairs
 from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import Seq2Seq
 from seq2seq.vocab import Vocabulary
-from tests.conftest import PAIRS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import PAIRS, run_script, tiny_config
 
 
 def run(checkpoint: Path, test_file: Path, *flags: str) -> dict:
@@ -52,8 +48,12 @@ def test_overfit_model_scores_near_perfect(trained_checkpoint, test_file, decodi
 def test_untrained_model_is_as_perplexed_as_the_vocabulary_is_large(tmp_path, test_file):
     vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(len(vocab), 16, 1, 1, 0.0, "dot"))
-    payload = {"model_config": model.config.to_dict(), "model": model.state_dict(), "vocab": vocab.to_dict()}
+    model = Seq2Seq(tiny_config(len(vocab)))
+    payload = {
+        "config": {"model": model.config.to_dict()},
+        "model": model.state_dict(),
+        "vocab": vocab.to_dict(),
+    }
     save_checkpoint(tmp_path / "untrained.pth", payload)
     r = run(tmp_path / "untrained.pth", test_file)
     assert len(vocab) / 1.5 < r["perplexity"] < len(vocab) * 1.5
@@ -70,11 +70,8 @@ def test_foreign_vocabulary_still_evaluates_and_counts_unknown_words(trained_che
 
 def test_script_json_round_trip_and_table(trained_checkpoint, test_file, tmp_path):
     out = tmp_path / "results" / "eval.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), "--model-path", str(trained_checkpoint), "--test-data",
-         str(test_file), "--output_json", str(out), "--samples", "2", "--device", "cpu"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_script("evaluate.py", "--model-path", str(trained_checkpoint), "--test-data", str(test_file),
+                        "--output_json", str(out), "--samples", "2", "--device", "cpu")  # fmt: skip
     assert result.returncode == 0, result.stderr
     saved = json.loads(out.read_text())
     assert f"{saved['perplexity']:.2f}" in result.stdout and f"{saved['bleu']:.2f}" in result.stdout
@@ -83,10 +80,8 @@ def test_script_json_round_trip_and_table(trained_checkpoint, test_file, tmp_pat
 
 def test_malformed_file_names_the_line(trained_checkpoint, tmp_path):
     (tmp_path / "bad.txt").write_text("hello .\thi there .\nthis line has no tab\n")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), "--model-path", str(trained_checkpoint), "--test-data",
-         str(tmp_path / "bad.txt")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    result = run_script(
+        "evaluate.py", "--model-path", str(trained_checkpoint), "--test-data", str(tmp_path / "bad.txt")
+    )
     assert result.returncode == 1
     assert "bad.txt:2:" in result.stderr and result.stderr.strip().count("\n") == 0

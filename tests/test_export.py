@@ -12,12 +12,10 @@ import torch
 from seq2seq.checkpoint import build_model, load_checkpoint
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import Seq2Seq
 from seq2seq.vocab import Vocabulary, detokenize, normalize, random_sentences
-from tests.conftest import PAIRS
-from tests.test_chat import HOSTILE
+from tests.helpers import HOSTILE, PAIRS, run_script, tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 QUERIES = [q for q, _ in PAIRS] + ["who are you bob ?", "where do you like ?", "hello hello hello"]
 
 
@@ -46,14 +44,23 @@ def test_exported_replies_equal_eager_greedy(model_and_vocab, method, tmp_path):
 @pytest.mark.parametrize("method", ["trace", "script"])
 def test_every_architecture_exports_exactly(attn, layers, method):
     """Untrained models of each attention score and layer pairing (the bridge's three cases)."""
-    assert_untrained_model_exports_exactly(method, layers[0], layers[1], 0.0, attn)
+    assert_untrained_model_exports_exactly(
+        method, encoder_layers=layers[0], decoder_layers=layers[1], attn_model=attn
+    )
 
 
-def assert_untrained_model_exports_exactly(method: str, *config, **options) -> None:
-    """An untrained ModelConfig(vocabulary, 12, *config, **options) replies as its export does."""
+@pytest.mark.parametrize("method", ["trace", "script"])
+def test_tied_model_exports_exactly(method):
+    assert_untrained_model_exports_exactly(
+        method, encoder_layers=2, decoder_layers=2, attn_model="general", tie_embeddings=True
+    )
+
+
+def assert_untrained_model_exports_exactly(method: str, **options) -> None:
+    """An untrained model of hidden size 12 (`options` as ModelConfig's) replies as its export does."""
     torch.manual_seed(0)
     vocab = Vocabulary([a + b for a in "abcdef" for b in "ghijkl"])  # words the normaliser keeps
-    model = Seq2Seq(ModelConfig(len(vocab), 12, *config, **options)).eval()
+    model = Seq2Seq(tiny_config(len(vocab), hidden_size=12, **options)).eval()
     queries = random_sentences(vocab.index_to_word[4:], 12, seed=1)
     eager = [detokenize(r) for r in reply_batch(model, vocab, queries, DecodeSettings(max_length=8))]
     with warnings.catch_warnings():
@@ -94,8 +101,7 @@ def test_reply_works_in_a_process_that_never_imported_the_package(model_and_voca
 
 
 def convert(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "convert_to_torchscript.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    return run_script("convert_to_torchscript.py", *args, cwd=cwd)
 
 
 def test_script_checks_parity_quantises_and_benchmarks(trained_checkpoint, tmp_path):

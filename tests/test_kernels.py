@@ -8,8 +8,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq import kernels
 from seq2seq.batching import collate
-from seq2seq.model import ATTENTION_SCORES, GRU, ModelConfig, Projection, Seq2Seq, sequence_loss
+from seq2seq.model import ATTENTION_SCORES, GRU, Projection, Seq2Seq, sequence_loss
 from seq2seq.vocab import EOS, PAD
+from tests.helpers import tiny_config
 
 V, H = 40, 12
 
@@ -86,7 +87,15 @@ def test_linear_cross_entropy_equals_cross_entropy_on_logits(smoothing):
 @pytest.mark.parametrize("tie", [False, True])
 def test_token_losses_equal_the_padded_path_with_its_gradients(attn, tie):
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(V, H, 2, 3, 0.0, attn, tie_embeddings=tie)).double().train()
+    model = (
+        Seq2Seq(
+            tiny_config(
+                V, hidden_size=H, encoder_layers=2, decoder_layers=3, attn_model=attn, tie_embeddings=tie
+            )
+        )
+        .double()
+        .train()
+    )
     batch = collate(ragged_examples(13, seed=1))
     logits = model(batch.src, batch.lengths, batch.tgt)
     flat = logits.reshape(-1, V)  # sequence_loss works in fp32: the reference here stays in fp64
@@ -109,7 +118,7 @@ def test_token_losses_equal_the_padded_path_with_its_gradients(attn, tie):
 
 def test_free_running_token_losses_equal_sequence_loss():
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(V, H, 1, 1, 0.0, "dot")).eval()
+    model = Seq2Seq(tiny_config(V, hidden_size=H)).eval()
     batch = collate(ragged_examples(6, seed=2))
     with torch.no_grad():
         losses, hits = model.token_losses(batch, teacher_forcing=False, hits=True)
@@ -120,7 +129,9 @@ def test_free_running_token_losses_equal_sequence_loss():
 
 def test_bf16_token_losses_stay_close_to_fp32_and_train_fp32_weights():
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(V, H, 2, 2, 0.0, "dot", tie_embeddings=True)).train()
+    model = Seq2Seq(
+        tiny_config(V, hidden_size=H, encoder_layers=2, decoder_layers=2, tie_embeddings=True)
+    ).train()
     batch = collate(ragged_examples(32, seed=3))
     reference, _ = model.token_losses(batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -5,15 +5,21 @@ import torch
 import torch.nn.functional as F
 
 from seq2seq.batching import collate
-from seq2seq.model import ATTENTION_SCORES, ModelConfig, Seq2Seq, sequence_loss
+from seq2seq.checkpoint import build_model, load_checkpoint
+from seq2seq.model import ATTENTION_SCORES, Seq2Seq, sequence_loss
 from seq2seq.vocab import EOS, PAD, SOS
+from tests.helpers import tiny_config, tiny_run
 
 V, H = 30, 16
 
 
 def make_model(attn="dot", enc=2, dec=2, dropout=0.0, seed=0) -> Seq2Seq:
     torch.manual_seed(seed)
-    return Seq2Seq(ModelConfig(V, H, enc, dec, dropout, attn)).eval()
+    return Seq2Seq(
+        tiny_config(
+            V, hidden_size=H, encoder_layers=enc, decoder_layers=dec, dropout=dropout, attn_model=attn
+        )
+    ).eval()
 
 
 def make_batch(seed=0):
@@ -134,3 +140,38 @@ def test_bf16_autocast_runs_the_gru_in_bf16_and_trains_fp32_weights():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(batch.src, batch.lengths, batch.tgt)
     assert (low.float() - reference).abs().max() < 0.1
+
+
+def test_tied_embeddings_share_one_matrix_through_a_checkpoint(pair_dir, tmp_path):
+    untied = Seq2Seq(tiny_config(50, hidden_size=8))
+    tied = Seq2Seq(tiny_config(50, hidden_size=8, tie_embeddings=True))
+    assert tied.decoder.out.weight is tied.embedding.weight
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(untied) - count(tied) == 50 * 8
+    tiny_run(pair_dir, tmp_path, "--iterations", "4", "--tie-embeddings")
+    model, _ = build_model(load_checkpoint(tmp_path / "last.pth"))
+    assert model.decoder.out.weight is model.embedding.weight
+    assert torch.equal(model.decoder.out.weight, model.embedding.weight)
+
+
+@pytest.mark.parametrize("where", ["input_dropout", "output_dropout"])
+def test_extra_dropout_acts_in_training_only(where):
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny_config(30, **{where: 0.5}))
+    src, lengths, tgt = torch.randint(4, 30, (3, 5)), torch.tensor([5, 4, 2]), torch.randint(4, 30, (3, 4))
+    model.train()
+    assert not torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
+    model.eval()
+    assert torch.equal(model(src, lengths, tgt), model(src, lengths, tgt))
+
+
+def test_label_smoothing_matches_a_hand_computation():
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4]]])
+    target = torch.tensor([[1, PAD]])  # the PAD position does not count
+    eps = 0.1
+    logp = F.log_softmax(logits[0, 0], dim=-1)
+    expected = (1 - eps) * -logp[1] - eps * logp.mean()
+    assert sequence_loss(logits, target, label_smoothing=eps).item() == pytest.approx(
+        expected.item(), abs=1e-6
+    )
+    assert sequence_loss(logits, target).item() == pytest.approx(-logp[1].item(), abs=1e-6)

@@ -1,24 +1,17 @@
 """profile.py on a tiny checkpoint, and the harmlessness of its name."""
 
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from tests.helpers import ENV, ROOT, run_script
 
 
 def test_report_trace_and_chart(trained_checkpoint, pair_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "profile.py"), "--model-path", str(trained_checkpoint), "--data",
-         str(pair_dir / "train.txt"), "--steps", "2", "--batch-size", "8", "--device", "cpu",
-         "--trace-path", str(tmp_path / "trace.json"), "--report", str(tmp_path / "report.md"),
-         "--plot", str(tmp_path / "breakdown.png")],
-        capture_output=True, text=True, cwd=tmp_path, env=ENV,
-    )  # fmt: skip
+    result = run_script("profile.py", "--model-path", str(trained_checkpoint), "--data", str(pair_dir / "train.txt"),
+                        "--steps", "2", "--batch-size", "8", "--device", "cpu", "--trace-path", str(tmp_path / "trace.json"),
+                        "--report", str(tmp_path / "report.md"), "--plot", str(tmp_path / "breakdown.png"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
     assert report.strip() == result.stdout.strip()
@@ -38,10 +31,7 @@ def test_report_trace_and_chart(trained_checkpoint, pair_dir, tmp_path):
 
 
 def test_missing_checkpoint_is_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "profile.py"), "--model-path", str(tmp_path / "none.pth")],
-        capture_output=True, text=True, cwd=tmp_path, env=ENV,
-    )  # fmt: skip
+    result = run_script("profile.py", "--model-path", str(tmp_path / "none.pth"), cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "train one" in result.stderr
 
 
@@ -54,11 +44,8 @@ def test_import_profile_from_the_repository_root_gives_the_standard_library():
 def test_train_with_compile_works_beside_profile_py(pair_dir, tmp_path):
     """torch.compile imports cProfile, which imports `profile`: with the repository root first on
     sys.path that is our profile.py, which must hand back the standard library's module."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--data-dir", str(pair_dir), "--save-dir", str(tmp_path),
-         "--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4",
-         "--iterations", "2", "--device", "cpu", "--compile"],
-        capture_output=True, text=True, env=ENV, cwd=ROOT,
-    )  # fmt: skip
+    result = run_script("train.py", "--data-dir", str(pair_dir), "--save-dir", str(tmp_path), "--hidden-size", "8",
+                        "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4", "--iterations", "2",
+                        "--device", "cpu", "--compile")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "done at iteration 2" in result.stdout

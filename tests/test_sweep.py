@@ -9,8 +9,9 @@ from pathlib import Path
 import yaml
 
 import train
+from seq2seq import config as run_config
+from tests.helpers import ROOT, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4",
         "--device", "cpu", "--eval-every", "2"]  # fmt: skip
 
@@ -21,8 +22,7 @@ def env(tmp_path: Path) -> dict:
 
 
 def run(script: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, env=env(tmp_path),
-                          capture_output=True, text=True)  # fmt: skip
+    return run_script(script, *args, cwd=tmp_path, env=env(tmp_path))
 
 
 def test_offline_run_writes_a_run_folder_without_an_api_key(pair_dir, tmp_path):
@@ -58,13 +58,12 @@ def test_without_use_wandb_nothing_imports_it(pair_dir, tmp_path):
 def test_every_sweep_parameter_is_a_train_flag_in_the_agents_spelling():
     config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
     assert config["program"] == "train.py" and config["metric"] == {"name": "val_loss", "goal": "minimize"}
-    parser = train.make_parser()
     for name, spec in config["parameters"].items():
         value = spec["values"][-1] if "values" in spec else spec["max"]
-        args = parser.parse_args([f"--{name}={value}"])
-        assert str(getattr(args, name)) == str(value) or getattr(args, name) == float(value), name
+        given = run_config.parse([f"--{name}={value}"])
+        assert str(given[name]) == str(value) or given[name] == float(value), name
     fixed = [a for a in config["command"] if a.startswith("--")]
-    parser.parse_args(fixed)  # the command's own flags are train.py flags too
+    run_config.parse(fixed)  # the command's own flags are train.py flags too
 
 
 def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
@@ -140,7 +139,7 @@ def test_wandb_sample_replies_decode_with_the_runs_max_length(tmp_path, monkeypa
     from seq2seq import tracking
     from seq2seq.cornell import PairSettings
     from seq2seq.download import prepare_data
-    from tests.conftest import PAIRS, write_pair_corpus
+    from tests.helpers import PAIRS, write_pair_corpus
 
     corpus = write_pair_corpus(tmp_path / "corpus", PAIRS)
     prepare_data(

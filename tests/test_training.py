@@ -1,5 +1,5 @@
 import json
-import os
+import math
 import signal
 import subprocess
 import sys
@@ -9,22 +9,33 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
+from seq2seq import config
 from seq2seq.batching import BatchSchedule, collate, encode_pairs
-from seq2seq.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from seq2seq.cornell import read_pairs
-from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.training import TrainingError, TrainStep, make_optimizer, teacher_forced_scores
+from seq2seq.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    saved_flags,
+    trained_max_length,
+)
+from seq2seq.config import LoopSettings
+from seq2seq.cornell import PairSettings, read_pairs
+from seq2seq.download import prepare_data
+from seq2seq.model import Seq2Seq
+from seq2seq.training import Trainer, TrainingError, TrainStep, make_optimizer, teacher_forced_scores
 from seq2seq.vocab import Vocabulary
-from tests.conftest import PAIRS, overfit_tiny_model
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--hidden-size", "16", "--encoder-layers", "2", "--decoder-layers", "2", "--batch-size", "4",
-        "--device", "cpu", "--precision", "fp32", "--eval-every", "3", "--save-every", "2"]  # fmt: skip
-
-
-def tiny_run(pair_dir: Path, save_dir: Path, *extra: str) -> None:
-    train.main([*TINY, "--data-dir", str(pair_dir), "--save-dir", str(save_dir), *extra])
+from tests.helpers import (
+    ENV,
+    PAIRS,
+    ROOT,
+    TINY_FLAGS,
+    overfit_tiny_model,
+    run_script,
+    tiny_config,
+    tiny_run,
+    write_pair_corpus,
+)
 
 
 def test_overfits_twenty_pairs():
@@ -88,7 +99,7 @@ def test_resume_continues_exactly(pair_dir, tmp_path, bucketing):
     assert [it for it, _ in b["clock"]] == [it for it, _ in a["clock"]] == [3, 6, 9]
     times = [t for _, t in b["clock"]]
     assert times == sorted(times) and b["seconds"] >= times[-1]  # the clock runs on across the resume
-    assert b["args"]["dropout"] == 0.2  # saved flags carried over without repeating them
+    assert saved_flags(b)["dropout"] == 0.2  # saved flags carried over without repeating them
 
 
 @pytest.mark.parametrize(
@@ -110,7 +121,7 @@ def test_resume_refuses_a_different_model_or_optimizer(pair_dir, tmp_path, capsy
 def test_checkpoints_round_trip_with_weights_only(pair_dir, tmp_path):
     tiny_run(pair_dir, tmp_path, "--epochs", "2")
     best = torch.load(tmp_path / "best_model.pth", weights_only=True)
-    assert best["iteration"] == best["best_iteration"] and best["format"] == "chatbot-seq2seq/1"
+    assert best["iteration"] == best["best_iteration"] and best["format"] == "chatbot-seq2seq/2"
     last = load_checkpoint(tmp_path / "last.pth")
     train_pairs = read_pairs(pair_dir / "train.txt")
     assert last["iteration"] == 2 * (len(train_pairs) // 4)  # 2 epochs in batches of 4
@@ -134,7 +145,7 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pth")
     with pytest.raises(CheckpointError, match="not a chatbot-seq2seq checkpoint"):
         load_checkpoint(tmp_path / "foreign.pth")
-    torch.save({"format": "chatbot-seq2seq/1", "evil": Path("x")}, tmp_path / "pickled.pth")
+    torch.save({"format": "chatbot-seq2seq/2", "evil": Path("x")}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):  # weights_only refuses classes
         load_checkpoint(tmp_path / "pickled.pth")
 
@@ -151,10 +162,14 @@ def test_truncated_or_mismatched_checkpoint(pair_dir, tmp_path):
     with pytest.raises(CheckpointError, match="vocabulary has .* words but its model expects"):
         build_model(checkpoint)
     checkpoint = load_checkpoint(tmp_path / "last.pth")
-    checkpoint["model_config"]["hidden_size"] = 8
+    checkpoint["config"]["model"]["hidden_size"] = 8
     with pytest.raises(CheckpointError, match="size mismatch"):
         build_model(checkpoint)
-    checkpoint["model_config"] = {**checkpoint["model_config"], "hidden_size": 16, "attn_model": "bogus"}
+    checkpoint["config"]["model"] = {
+        **checkpoint["config"]["model"],
+        "hidden_size": 16,
+        "attn_model": "bogus",
+    }
     with pytest.raises(CheckpointError, match="attention score must be one of"):
         build_model(checkpoint)
     del checkpoint["optimizer"]
@@ -180,7 +195,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_before_the_update():
     vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
-    model = Seq2Seq(ModelConfig(len(vocab), 8, 1, 1, 0.0, "dot"))
+    model = Seq2Seq(tiny_config(len(vocab), hidden_size=8))
     with torch.no_grad():
         model.decoder.out.bias.fill_(float("nan"))
     step = TrainStep(model, make_optimizer(model, "adam", 1e-3, 1.0), clip=1.0)
@@ -192,15 +207,12 @@ def test_non_finite_loss_stops_before_the_update():
 
 
 def test_flags_in_both_spellings():
-    parser = train.make_parser()
-    kebab = parser.parse_args(
+    kebab = config.parse(
         ["--learning-rate", "0.0003", "--teacher-forcing-ratio", "0.5", "--attn-model", "concat"]
     )
-    snake = parser.parse_args(
-        ["--learning_rate=0.0003", "--teacher_forcing_ratio=0.5", "--attn_model=concat"]
-    )
-    assert vars(kebab) == vars(snake)
-    assert snake.learning_rate == 0.0003 and snake.attn_model == "concat"
+    snake = config.parse(["--learning_rate=0.0003", "--teacher_forcing_ratio=0.5", "--attn_model=concat"])
+    assert kebab == snake
+    assert snake["learning_rate"] == 0.0003 and snake["attn_model"] == "concat"
 
 
 @pytest.mark.parametrize(
@@ -216,7 +228,7 @@ def test_flags_in_both_spellings():
 )
 def test_impossible_values_are_refused_in_one_line(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.make_parser().parse_args(flags)
+        config.parse(flags)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and err.strip().count("\n") == 0
 
@@ -242,16 +254,13 @@ def test_data_flags_rebuild_data_when_they_differ(pair_dir, tmp_path):
     assert after["settings"] == {**before, "max_length": 5}
     for split in ("val", "test"):  # (train.txt may also hold pairs up to --train-max-length)
         assert all(len(side.split()) < 5 for pair in read_pairs(pair_dir / f"{split}.txt") for side in pair)
-    assert load_checkpoint(tmp_path / "last.pth")["args"]["max_length"] == 5
+    assert trained_max_length(load_checkpoint(tmp_path / "last.pth")) == 5
 
 
 def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
     folder, _ = corpus
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *TINY, "--iterations", "4", "--min-count", "1",
-         "--source", str(folder), "--val-fraction", "0.2", "--plot", "images/loss.png"],
-        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    result = run_script("train.py", *TINY_FLAGS, "--iterations", "4", "--min-count", "1", "--source", str(folder),
+                        "--val-fraction", "0.2", "--plot", "images/loss.png", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "train.txt").exists() and (tmp_path / "data" / "stats.json").exists()
     assert {"best_model.pth", "last.pth"} <= {p.name for p in (tmp_path / "checkpoints").iterdir()}
@@ -262,9 +271,9 @@ def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, sig):
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *TINY, "--iterations", "100000", "--data-dir", str(pair_dir),
+        [sys.executable, str(ROOT / "train.py"), *TINY_FLAGS, "--iterations", "100000", "--data-dir", str(pair_dir),
          "--save-dir", str(tmp_path), "--save-every", "1", "--eval-every", "100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
     deadline = time.time() + 120
     while not (tmp_path / "last.pth").exists():  # written after the first iteration, inside the loop
@@ -276,3 +285,64 @@ def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, sig):
     assert "interrupted at iteration" in stdout and "Traceback" not in stderr
     last = load_checkpoint(tmp_path / "last.pth")
     assert last["iteration"] > 0 and (tmp_path / "best_model.pth").exists()
+
+
+def _trainer(history: list, warmup: int, decay: float) -> Trainer:
+    model = Seq2Seq(tiny_config(10, hidden_size=4))
+    step = TrainStep(model, make_optimizer(model, "adam", 1.0, 2.0), clip=1.0)
+    vocab = Vocabulary([f"w{i}" for i in range(6)])
+    loop = LoopSettings(iterations=100, batch_size=2, teacher_forcing_ratio=1.0, eval_every=250, save_every=500,
+                        patience=0, seed=0, warmup=warmup, lr_decay=decay, bucket_pool=0)  # fmt: skip
+    trainer = Trainer(step, vocab, [([4], [5])] * 4, [], loop, "unused", {})
+    trainer.state.history["val"] = history
+    return trainer
+
+
+def test_learning_rate_warms_up_then_halves_at_each_plateau():
+    assert [_trainer([], 4, 1.0).lr_scale(i) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # 3.0 (best), 3.1 (plateau), 2.9 (best), 2.95 and 2.9 (two plateaus: equal is no improvement)
+    history = [[10, 3.0], [20, 3.1], [30, 2.9], [40, 2.95], [50, 2.9]]
+    assert _trainer(history, 0, 0.5).lr_scale(60) == 0.5**3
+    assert _trainer(history, 0, 1.0).lr_scale(60) == 1.0
+
+
+def test_schedule_sets_both_groups_and_a_resume_continues_it(pair_dir, tmp_path):
+    flags = ["--warmup", "4", "--lr-decay", "0.5", "--learning-rate", "0.01", "--decoder-learning-ratio", "3", "--label-smoothing", "0.1",
+             "--input-dropout", "0.2", "--output-dropout", "0.2", "--tie-embeddings", "--seed", "2"]  # fmt: skip
+    tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--iterations", "5", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--resume", "--iterations", "9")
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"] == b["history"]
+    groups = a["optimizer"]["param_groups"]
+    best, plateaus = math.inf, 0
+    for iteration, loss in a["history"]["val"]:
+        if iteration < 9:  # the rates of iteration 9 were set before its validation
+            plateaus += loss >= best
+            best = min(best, loss)
+    assert groups[0]["lr"] == pytest.approx(0.01 * 0.5**plateaus)
+    assert groups[1]["lr"] == pytest.approx(0.01 * saved_flags(a)["decoder_learning_ratio"] * 0.5**plateaus)
+
+
+def test_train_script_reads_the_longer_pairs(tmp_path, capsys):
+    pairs = PAIRS + [("tell me a long story please my friend", "once upon a time there was a very small bot")]
+    corpus = write_pair_corpus(tmp_path / "corpus", pairs, copies=3)
+    settings = PairSettings(min_count=1, val_fraction=0.1, test_fraction=0.1, train_max_length=14)
+    prepare_data(tmp_path / "data", settings, source=str(corpus))
+    train_pairs = read_pairs(tmp_path / "data" / "train.txt")
+    n_long = sum(1 for q, r in train_pairs if len(r.split()) > 9)
+    assert n_long > 0
+    tiny_run(tmp_path / "data", tmp_path / "run", "--iterations", "1")  # the tuned recipe: --long-pairs
+    assert f"training: {len(train_pairs)} pairs" in capsys.readouterr().err
+    tiny_run(tmp_path / "data", tmp_path / "short", "--iterations", "1", "--recipe", "tutorial")
+    assert f"training: {len(train_pairs) - n_long} pairs" in capsys.readouterr().err
+
+
+def test_long_pairs_on_a_build_without_them_says_so(pair_dir, tmp_path, capsys):
+    settings = json.loads((pair_dir / "stats.json").read_text())["settings"]
+    assert settings["train_max_length"] == 30  # the default build
+    tiny_run(pair_dir, tmp_path, "--iterations", "1", "--train-max-length", "0")
+    assert "holds no training pairs longer than --max-length 10" in capsys.readouterr().err

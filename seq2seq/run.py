@@ -1,0 +1,148 @@
+"""One training run, from train.py's flags to finished checkpoints: resolve, build, train.
+
+train.py and sweep.py both run this; config.py says in what order a run's values are resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import config, distributed, kernels
+from .batching import Example, encode_pairs, iterate_batches
+from .checkpoint import build_model, check_unchanged, load_checkpoint, resumed_flags
+from .cornell import CorpusError, PairSettings, read_pairs
+from .devices import resolve_device, resolve_precision
+from .download import build_data
+from .model import Seq2Seq
+from .tracking import WandbLogger
+from .training import Trainer, TrainingError, TrainStep, make_optimizer, plot_losses
+from .vocab import Vocabulary
+
+SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
+
+
+def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:
+    """Every flag's value (config.layer) and the checkpoint being resumed, if any."""
+    given = config.parse(argv)
+    if given.get("resume") is None:
+        return config.layer(given), None
+    save_dir = given.get("save_dir", config.INVOCATION["save_dir"])
+    path = Path(given["resume"] or Path(save_dir) / "last.pth")
+    checkpoint = load_checkpoint(path)
+    saved = resumed_flags(checkpoint, path, given.get("recipe"))
+    flags = config.layer({**given, "resume": str(path)}, saved)
+    check_unchanged(saved, flags)
+    return flags, checkpoint
+
+
+def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
+    """Build data/ if it is missing or cut differently from the flags (rank 0 of each machine
+    builds, the others wait); return the pair settings it was cut with, the vocabulary
+    (data/vocab.json unless resuming), the encoded training and validation examples, and the
+    first validation queries."""
+    if world.local_rank == 0:  # one builder per machine; the split is deterministic
+        build_data(flags["data_dir"], config.pair_settings(flags), flags["source"], flags["url"])
+    distributed.barrier()
+    pairs = config.pair_settings(flags)  # as the build resolved them
+    data_dir = Path(flags["data_dir"])
+    if vocab is None:
+        try:
+            vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError) as error:
+            raise CorpusError(
+                f"cannot read {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
+            ) from None
+    longest = max(pairs.train_max_length, pairs.max_length) if flags["long_pairs"] else pairs.max_length
+    train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, longest)
+    if flags["long_pairs"] and pairs.train_max_length <= pairs.max_length and world.is_main:
+        print(
+            f"note: --long-pairs, but {data_dir}/ holds no training pairs longer than --max-length "
+            f"{pairs.max_length}; rebuild it with --train-max-length {PairSettings().train_max_length} to train on them",
+            file=sys.stderr,
+        )
+    val_pairs = read_pairs(data_dir / "val.txt")
+    val = encode_pairs(val_pairs, vocab, pairs.max_length)
+    if not val:
+        raise CorpusError(
+            f"{data_dir}/val.txt has no pairs of at most {pairs.max_length} tokens to validate on"
+        )
+    return pairs, vocab, train, val, [query for query, _ in val_pairs[:SAMPLE_QUERIES]]
+
+
+def build(cfg: config.RunConfig, model: Seq2Seq, vocab: Vocabulary, train: list[Example], val: list[Example],
+          checkpoint: dict | None, world: distributed.World) -> Trainer:  # fmt: skip
+    """Optimizer, step and loop around `model` as `cfg` says (restored from `checkpoint` when
+    resuming)."""
+    opt, loop = cfg.optimizer, cfg.loop
+    rates = (opt.learning_rate, opt.learning_rate * opt.decoder_learning_ratio)
+    optimizer = make_optimizer(model, opt.optimizer, opt.learning_rate, opt.decoder_learning_ratio)
+    step = TrainStep(model, optimizer, opt.clip, cfg.machine.precision, opt.label_smoothing)
+    state = Trainer.restore(checkpoint, step) if checkpoint else None
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr  # a resumed run may be given new rates
+    if world.size > 1:  # dropout masks differ between ranks (and after a resume, which restored one state)
+        torch.manual_seed(loop.seed + 7919 * world.rank + (state.iteration if state else 0))
+    if cfg.machine.compile:
+        kernels.keep_eager_under_compile()
+        model.compile(dynamic=True)  # free-running batches
+        step.losses.compile(dynamic=True)  # teacher-forced ones
+    val_batches = iterate_batches(val, loop.batch_size)
+    return Trainer(step, vocab, train, val_batches, loop, cfg.output.save_dir, cfg.to_dict(), state)
+
+
+def train(flags: dict, checkpoint: dict | None = None, observers: tuple = ()) -> tuple[Trainer, str]:
+    """Resolve, build and run a training (with W&B when asked); return the trainer and why it
+    stopped. `flags` and `checkpoint` are read_flags'."""
+    try:
+        world, device = distributed.init_from_env(resolve_device(flags["device"]))
+    except ValueError as error:  # e.g. torchrun with MPS, or more local ranks than GPUs
+        raise TrainingError(str(error)) from None
+    logger = WandbLogger(flags) if flags["use_wandb"] and world.is_main else None
+    flags = distributed.from_main({**flags, **(logger.agent_values if logger else {})})  # rank 0's run
+    precision, why = resolve_precision(flags["precision"], device)
+    if world.is_main:
+        print(f"{device}, {precision} ({why})", file=sys.stderr)
+    if flags["num_threads"]:
+        torch.set_num_threads(flags["num_threads"])
+    if checkpoint:
+        model, vocab = build_model(checkpoint, device)
+    else:
+        torch.manual_seed(flags["seed"])  # every rank builds the same model (DDP also broadcasts rank 0's)
+        vocab = None
+    pairs, vocab, train_examples, val, sample_queries = load_data(flags, vocab, world)
+    batches_per_epoch = len(train_examples) // (flags["batch_size"] * world.size)
+    if batches_per_epoch == 0:
+        raise CorpusError(
+            f"{len(train_examples)} training pairs are fewer than one batch of {flags['batch_size'] * world.size}"
+        )
+    cfg = config.resolve(flags, pairs, precision, len(vocab), batches_per_epoch)
+    if not checkpoint:
+        model = Seq2Seq(cfg.model).to(device)
+    trainer = build(cfg, model, vocab, train_examples, val, checkpoint, world)
+    if world.is_main:
+        resuming = f"resuming {flags['resume']} at iteration {trainer.state.iteration}"
+        print(
+            f"{resuming if checkpoint else 'training'}"
+            f"{f' on {world.size} ranks, batch {cfg.loop.batch_size} each' if world.size > 1 else ''}: "
+            f"{len(train_examples):,} pairs ({batches_per_epoch:,} batches an epoch), {len(val):,} validation "
+            f"pairs, {len(vocab):,} words, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+            f"{device}, {precision}",
+            file=sys.stderr,
+        )
+    if logger:
+        logger.watch(trainer, sample_queries, cfg)  # first, so it sees the validation a pruner stops on
+    trainer.observers += observers
+    plot = cfg.output.plot
+    try:
+        reason = trainer.run()
+    finally:
+        if plot and world.is_main:
+            title = f"{cfg.model.attn_model} attention, hidden {cfg.model.hidden_size}, {precision}"
+            plot_losses(trainer.state.history, plot, title)
+        if logger:
+            logger.finish(plot)
+    return trainer, reason

@@ -1,0 +1,99 @@
+"""The checkpoint format: what resuming needs, and checkpoints of format 1 upgraded on load."""
+
+import pytest
+import torch
+
+from seq2seq.checkpoint import (
+    FORMAT_1,
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    saved_flags,
+)
+from seq2seq.model import Seq2Seq
+from seq2seq.run import read_flags
+from seq2seq.vocab import Vocabulary
+from tests.helpers import tiny_config, tiny_run
+
+
+def as_format_1(checkpoint: dict) -> dict:
+    """A checkpoint as the format-1 code wrote it: flat flags, the architecture beside them."""
+    flags = {**saved_flags(checkpoint), "epochs": None}
+    rest = {k: v for k, v in checkpoint.items() if k not in ("format", "config", "seconds", "clock")}
+    return {**rest, "format": FORMAT_1, "args": flags, "model_config": checkpoint["config"]["model"]}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c.pop("evals_without_improvement"),
+            "lacks the training state (evals_without_improvement)",
+        ),
+        (lambda c: c.pop("optimizer"), "lacks the training state (optimizer)"),
+        (lambda c: c.update(iteration="3"), "its iteration is not what a run saves"),
+        (lambda c: c.update(history={"train": []}), "its history is not what a run saves"),
+        (lambda c: c["config"].pop("loop"), "lacks the training state (its flags)"),
+    ],
+)
+def test_resuming_a_checkpoint_without_its_whole_training_state_is_one_line(
+    pair_dir, tmp_path, capsys, change, message
+):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2")
+    checkpoint = load_checkpoint(tmp_path / "last.pth")
+    change(checkpoint)
+    save_checkpoint(tmp_path / "partial.pth", {k: v for k, v in checkpoint.items() if k != "format"})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        tiny_run(pair_dir, tmp_path, "--resume", str(tmp_path / "partial.pth"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and message in err and err.strip().count("\n") == 0, err
+
+
+def test_a_format_1_checkpoint_loads_and_resumes_as_the_same_run(pair_dir, tmp_path):
+    tiny_run(pair_dir, tmp_path / "new", "--iterations", "4", "--dropout", "0.2")
+    checkpoint = load_checkpoint(tmp_path / "new" / "last.pth")
+    torch.save(as_format_1(checkpoint), tmp_path / "old.pth")
+    upgraded = load_checkpoint(tmp_path / "old.pth")
+    assert upgraded["config"] == checkpoint["config"]
+    assert upgraded["seconds"] == 0.0 and upgraded["clock"] == []  # from before the training clock
+    tiny_run(pair_dir, tmp_path / "new", "--resume", "--iterations", "6")
+    tiny_run(pair_dir, tmp_path / "old", "--resume", str(tmp_path / "old.pth"), "--iterations", "6")
+    a, b = load_checkpoint(tmp_path / "new" / "last.pth"), load_checkpoint(tmp_path / "old" / "last.pth")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert b["format"] == "chatbot-seq2seq/2" and saved_flags(b)["dropout"] == 0.2
+
+
+def test_a_format_1_checkpoint_from_before_recipes_and_newer_options_still_loads(tmp_path):
+    config = tiny_config(20, hidden_size=8)
+    model = Seq2Seq(config)
+    old_config = {k: v for k, v in config.to_dict().items()
+                  if k not in ("input_dropout", "output_dropout", "tie_embeddings")}  # fmt: skip
+    vocab = Vocabulary([f"w{i}" for i in range(16)])
+    torch.save({"format": FORMAT_1, "model_config": old_config, "model": model.state_dict(),
+                "vocab": vocab.to_dict(), "args": {"max_length": 12}}, tmp_path / "old.pth")  # fmt: skip
+    checkpoint = load_checkpoint(tmp_path / "old.pth")
+    loaded, _ = build_model(checkpoint)
+    assert loaded.config.tie_embeddings is False and loaded.config.input_dropout == 0.0
+    assert checkpoint["config"]["recipe"] == "tutorial"  # what a run from before recipes trained with
+    assert checkpoint["config"]["pairs"] == {"max_length": 12}
+
+
+def test_a_run_from_before_recipes_resumes_as_it_was(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2", "--recipe", "tutorial")
+    checkpoint = as_format_1(load_checkpoint(tmp_path / "last.pth"))
+    new = ("recipe", "input_dropout", "output_dropout", "tie_embeddings", "long_pairs", "label_smoothing",
+           "warmup", "lr_decay")  # fmt: skip
+    for key in new:  # what a checkpoint written before these options lacks
+        checkpoint["args"].pop(key)
+        checkpoint["model_config"].pop(key, None)
+    torch.save(checkpoint, tmp_path / "last.pth")
+    flags, _ = read_flags(["--resume", str(tmp_path / "last.pth")])
+    assert flags["recipe"] == "tutorial" and not flags["long_pairs"] and not flags["tie_embeddings"]
+    assert flags["input_dropout"] == 0.0 and flags["lr_decay"] == 1.0
+    tiny_run(pair_dir, tmp_path, "--resume", "--iterations", "4")
+    assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4
+    with pytest.raises(CheckpointError, match="--recipe tuned differs from the checkpoint's tutorial"):
+        read_flags(["--resume", str(tmp_path / "last.pth"), "--recipe", "tuned"])
