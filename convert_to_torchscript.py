@@ -75,9 +75,8 @@ def main() -> None:
     # torch.export notices nn.GRU re-listing its own weights (_flat_weights): not the user's to fix
     warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export.*")
     try:
-        model, vocab, checkpoint = load_for_inference(
-            args.model_path, "cpu", "fp32"
-        )  # the exported bot runs on the CPU
+        # the exported bot runs on the CPU, in fp32
+        model, vocab, checkpoint = load_for_inference(args.model_path, "cpu", "fp32")
         prompts = prompts_for(args.test_data, args.prompts, vocab)
     except (CheckpointError, CorpusError) as error:
         fail(str(error))

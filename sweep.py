@@ -178,7 +178,9 @@ def main() -> None:
                 timeout=args.timeout,
                 catch=(TrainingError,),  # a diverging trial fails alone
             )
-        except (CheckpointError, CorpusError, DataError, DeviceError) as error:
+        except DataError as error:
+            fail(str(error), error.code)
+        except (CheckpointError, CorpusError, DeviceError) as error:
             fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)

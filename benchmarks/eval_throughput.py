@@ -34,7 +34,7 @@ def main() -> None:
     device = torch.device(args.device)
     vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])
     torch.manual_seed(0)
-    model = Seq2Seq(config.model_config(config.RECIPES[config.DEFAULT_RECIPE], len(vocab))).to(device).eval()
+    model = Seq2Seq(config.model_config(config.RECIPES["tutorial"], len(vocab))).to(device).eval()
     generator = torch.Generator().manual_seed(1)
     prompts = [
         " ".join(f"w{int(i)}" for i in torch.randint(0, args.vocab_size - 4, (int(n),), generator=generator))

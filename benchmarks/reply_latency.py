@@ -70,7 +70,7 @@ def main() -> None:
     model = (
         Seq2Seq(
             config.model_config(
-                {**config.RECIPES[config.DEFAULT_RECIPE], "hidden_size": args.hidden_size}, args.vocab_size
+                {**config.RECIPES["tutorial"], "hidden_size": args.hidden_size}, args.vocab_size
             )
         )
         .to(device)

@@ -47,6 +47,7 @@ from seq2seq.batching import Batch, BatchSchedule, collate, encode_pairs, iterat
 from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import read_pairs
 from seq2seq.devices import autocast, resolve_device, resolve_precision
+from seq2seq.download import built_settings, read_stats
 from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.training import TrainStep, make_optimizer, perplexity, teacher_forced_scores
 from seq2seq.vocab import PAD, SOS, Vocabulary
@@ -95,7 +96,7 @@ def padded_step(model: Seq2Seq, optimizer, clip: float, precision: str, batch: B
 def recipe_setup(data_dir: Path, recipe: str) -> tuple[Namespace, Vocabulary, list, list]:
     """train.py's values for `recipe`, the vocabulary, and its training and validation pairs."""
     args = Namespace(**config.layer({"recipe": recipe, "data_dir": str(data_dir)}))
-    if not (data_dir / "stats.json").exists():
+    if built_settings(read_stats(data_dir / "stats.json")) is None:
         fail(f"{data_dir}/ is not built: run download_data.py first")
     pairs = config.pair_settings(vars(args))
     vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))

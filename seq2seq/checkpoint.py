@@ -5,7 +5,8 @@ A checkpoint is a dict of tensors and plain Python data (no pickled classes), so
 
     format      "chatbot-seq2seq/2"
     config      the run as resolved (config.RunConfig.to_dict()); config["model"] is the
-                ModelConfig, config["pairs"]["max_length"] the longest pair it trained on
+                ModelConfig, config["pairs"]["max_length"] the --max-length its queries and
+                replies were cut to (trained_max_length)
     model       the model's state_dict           vocab      Vocabulary.to_dict()
     optimizer   the optimizer's state_dict       scaler     GradScaler state (fp16) or None
     rng         torch (and CUDA) generator states
@@ -38,8 +39,11 @@ from .vocab import Vocabulary
 FORMAT = "chatbot-seq2seq/2"
 FORMAT_1 = "chatbot-seq2seq/1"
 REQUIRED = ("config", "model", "vocab")
-# What a format-1 model config lacks when it was written before these options existed.
-FORMAT_1_MODEL = {"input_dropout": 0.0, "output_dropout": 0.0, "tie_embeddings": False}
+# What a format-1 model config lacks when it was written before these options existed: it was
+# trained without them, as the tutorial's recipe is.
+FORMAT_1_MODEL = {
+    name: run_config.TUTORIAL[name] for name in ("input_dropout", "output_dropout", "tie_embeddings")
+}
 
 
 class CheckpointError(Exception):
@@ -107,18 +111,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         not isinstance(data, dict)
         or data.get("format") != FORMAT
         or any(k not in data for k in REQUIRED)
-        or not isinstance(data["config"], dict)
-        or not isinstance(data["config"].get("model"), dict)
+        or not _is_config(data["config"])
     ):
         raise CheckpointError(f"{path} is not a chatbot-seq2seq checkpoint (format {FORMAT} expected)")
+    bad = run_config.invalid(run_config.flatten(data["config"]))
+    if bad:
+        raise CheckpointError(f"{path} is not a usable checkpoint: its {bad} is not a value train.py takes")
     return data
+
+
+def _is_config(config) -> bool:
+    """Whether `config` has the shape RunConfig.to_dict() gives: some of its sections ("model" at
+    least), each a dict of its own fields, and a known recipe if it names one."""
+    return (
+        isinstance(config, dict)
+        and config.get("recipe", run_config.DEFAULT_RECIPE) in run_config.RECIPES
+        and isinstance(config.get("model"), dict)
+        and type(config["model"].get("vocab_size")) is int
+        and set(config) <= {"recipe", *run_config.SECTIONS}
+        and all(
+            isinstance(config[section], dict) and set(config[section]) <= {f.name for f in fields(kind)}
+            for section, kind in run_config.SECTIONS.items()
+            if section in config
+        )
+    )
 
 
 def upgrade(data: dict) -> dict:
     """A format-1 checkpoint as format 2. Its flags become the nested configuration, with the
     model config in place of their architecture; a run that names no recipe was trained with the
     tutorial's, before recipes existed; a run from before the training clock has spent no time."""
-    flags, model = data.get("args"), data.get("model_config")
+    flags, model = data.get("args", {}), data.get("model_config")  # inference-only ones had no flags
     if not isinstance(flags, dict) or not isinstance(model, dict):
         return data  # not a usable checkpoint; load_checkpoint says so
     rest = {k: v for k, v in data.items() if k not in ("format", "args", "model_config")}
@@ -132,7 +155,8 @@ def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dic
     """The flags a checkpoint was trained with, once it is known to hold a training state a run
     can continue from; `recipe` is the one asked for now, if any."""
     missing = [key for key in RESUME_KEYS if key not in checkpoint]
-    if missing or not {"optimizer", "loop"} <= set(checkpoint["config"]):
+    config = checkpoint["config"]
+    if missing or not {"recipe", "loop"} <= set(config) or "optimizer" not in config.get("optimizer", {}):
         raise CheckpointError(
             f"{path} cannot be resumed: it lacks the training state ({', '.join(missing) or 'its flags'})"
         )
@@ -141,7 +165,7 @@ def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dic
             raise CheckpointError(f"{path} cannot be resumed: its {key} is not what a run saves")
     if not all(isinstance(checkpoint["history"].get(k), list) for k in ("train", "val")):
         raise CheckpointError(f"{path} cannot be resumed: its history is not what a run saves")
-    saved = run_config.flatten(checkpoint["config"])
+    saved = saved_flags(checkpoint)
     if recipe not in (None, saved["recipe"]):
         raise CheckpointError(
             f"--recipe {recipe} differs from the checkpoint's {saved['recipe']}; a resumed run keeps it"
@@ -198,6 +222,7 @@ def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[S
             raise ValueError(
                 f"its vocabulary has {len(vocab)} words but its model expects {config.vocab_size}"
             )
+        _check_shapes(config, checkpoint["model"])
         model = Seq2Seq(config)
         model.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
@@ -205,6 +230,24 @@ def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[S
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
         raise CheckpointError(f"checkpoint does not describe a usable model: {detail[:200]}") from None
     return model.to(device), vocab
+
+
+def _check_shapes(config: ModelConfig, weights: dict) -> None:
+    """Refuse weights that do not fit `config` before the model is built: a config claiming a
+    huge model next to small weights must not allocate the huge model first."""
+    with torch.device("meta"):  # shapes without memory
+        expected = {name: tuple(t.shape) for name, t in Seq2Seq(config).state_dict().items()}
+    if not isinstance(weights, dict) or set(weights) != set(expected):
+        names = set(weights) if isinstance(weights, dict) else set()
+        odd = sorted(names ^ set(expected))
+        raise ValueError(f"its weights and its model config name different tensors ({', '.join(odd[:3])})")
+    for name, shape in expected.items():
+        tensor = weights[name]
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
+            found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(
+                f"size mismatch for {name}: the checkpoint holds {found}, its config makes {shape}"
+            )
 
 
 def load_for_inference(path: str | Path, device: str, precision: str) -> tuple[Seq2Seq, Vocabulary, dict]:

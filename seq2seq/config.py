@@ -270,13 +270,39 @@ def make_parser(defaults: dict | None = None) -> ArgumentParser:
     return p
 
 
+def invalid(flags: dict) -> str | None:
+    """The first of `flags` (read from a file, not typed by a user) that train.py's parser would
+    not have produced, as "--name value"; None if every one would have been."""
+    for action in make_parser()._actions:
+        if action.dest not in flags or action.dest == "help":
+            continue
+        value = flags[action.dest]
+        if value is None:
+            ok = action.dest in INVOCATION and INVOCATION[action.dest] is None
+        elif action.choices:
+            ok = value in action.choices
+        elif action.type is not None:
+            try:
+                ok = not isinstance(value, str | bool) or action.type is boolean
+                ok = ok and action.type(str(value)) == value
+            except (argparse.ArgumentTypeError, ValueError):
+                ok = False
+        else:  # paths and names, or a store_true flag
+            ok = isinstance(value, bool if action.nargs == 0 else str)
+        if not ok:
+            return f"--{action.dest.replace('_', '-')} {value!r}"
+    return None
+
+
 def parse(argv: list[str] | None = None) -> dict:
-    """The flags given (and only those); --help shows the chosen recipe's defaults and exits."""
-    given = vars(make_parser().parse_args(argv))
-    if given.pop("help", False):
-        make_parser({**INVOCATION, **RECIPES[given.get("recipe", DEFAULT_RECIPE)]}).print_help()
-        raise SystemExit(0)
-    return given
+    """The flags given (and only those; "help" among them when asked for, see `show_help`)."""
+    return vars(make_parser().parse_args(argv))
+
+
+def show_help(flags: dict) -> None:
+    """--help, with the defaults `flags` (from `layer`) would give, then exit."""
+    make_parser(flags).print_help()
+    raise SystemExit(0)
 
 
 def layer(given: dict, saved: dict | None = None) -> dict:

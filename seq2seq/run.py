@@ -13,7 +13,14 @@ import torch
 
 from . import config, distributed, kernels
 from .batching import Example, encode_pairs, iterate_batches
-from .checkpoint import build_model, check_unchanged, load_checkpoint, resumed_flags
+from .checkpoint import (
+    build_model,
+    check_unchanged,
+    load_checkpoint,
+    restore_training,
+    resumed_flags,
+    saved_flags,
+)
 from .cornell import CorpusError, PairSettings, read_pairs
 from .devices import resolve_device, resolve_precision
 from .download import build_data
@@ -28,14 +35,19 @@ SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validat
 def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:
     """Every flag's value (config.layer) and the checkpoint being resumed, if any."""
     given = config.parse(argv)
-    if given.get("resume") is None:
-        return config.layer(given), None
-    save_dir = given.get("save_dir", config.INVOCATION["save_dir"])
-    path = Path(given["resume"] or Path(save_dir) / "last.pth")
-    checkpoint = load_checkpoint(path)
-    saved = resumed_flags(checkpoint, path, given.get("recipe"))
-    flags = config.layer({**given, "resume": str(path)}, saved)
-    check_unchanged(saved, flags)
+    asked_help = given.pop("help", False)
+    checkpoint = saved = None
+    if given.get("resume") is not None:
+        save_dir = given.get("save_dir", config.INVOCATION["save_dir"])
+        path = Path(given["resume"] or Path(save_dir) / "last.pth")
+        checkpoint = load_checkpoint(path)
+        saved = resumed_flags(checkpoint, path, given.get("recipe"))
+        given["resume"] = str(path)
+    flags = config.layer(given, saved)
+    if asked_help:
+        config.show_help(flags)  # the defaults this run would have, a resumed run's included
+    if saved:
+        check_unchanged(saved, flags)
     return flags, checkpoint
 
 
@@ -81,7 +93,7 @@ def build(cfg: config.RunConfig, model: Seq2Seq, vocab: Vocabulary, train: list[
     rates = (opt.learning_rate, opt.learning_rate * opt.decoder_learning_ratio)
     optimizer = make_optimizer(model, opt.optimizer, opt.learning_rate, opt.decoder_learning_ratio)
     step = TrainStep(model, optimizer, opt.clip, cfg.machine.precision, opt.label_smoothing)
-    state = Trainer.restore(checkpoint, step) if checkpoint else None
+    state = restore_training(checkpoint, optimizer, step.scaler) if checkpoint else None
     for group, lr in zip(optimizer.param_groups, rates):
         group["lr"] = lr  # a resumed run may be given new rates
     if world.size > 1:  # dropout masks differ between ranks (and after a resume, which restored one state)
@@ -103,6 +115,8 @@ def train(flags: dict, checkpoint: dict | None = None, observers: tuple = ()) ->
         raise TrainingError(str(error)) from None
     logger = WandbLogger(flags) if flags["use_wandb"] and world.is_main else None
     flags = distributed.from_main({**flags, **(logger.agent_values if logger else {})})  # rank 0's run
+    if checkpoint:
+        check_unchanged(saved_flags(checkpoint), flags)  # nor may a sweep agent change them
     precision, why = resolve_precision(flags["precision"], device)
     if world.is_main:
         print(f"{device}, {precision} ({why})", file=sys.stderr)

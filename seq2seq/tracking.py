@@ -72,7 +72,7 @@ class WandbLogger:
         self.agent_values = {k: v for k, v in dict(self.run.config).items() if k in flags and flags[k] != v}
         self.trainer: Trainer | None = None
         self.queries: list[str] = []
-        self.settings = DecodeSettings()
+        self.settings: DecodeSettings | None = None  # watch() sets them from the run
 
     def watch(self, trainer: Trainer, sample_queries: list[str], config: RunConfig) -> None:
         """Observe `trainer`, showing replies to `sample_queries` at each validation, as long as

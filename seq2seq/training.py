@@ -1,6 +1,6 @@
 """The training loop: optimisation step, validation, checkpoints, early stopping, the loss plot.
 
-train.py parses flags and builds the pieces; everything that happens per iteration lives here.
+run.py resolves a run and builds the pieces; everything that happens per iteration lives here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
-from .checkpoint import TrainState, restore_training, save_checkpoint, training_payload
+from .checkpoint import TrainState, save_checkpoint, training_payload
 from .config import OPTIMIZERS, LoopSettings
 from .devices import autocast
 from .files import pyplot, save_figure
@@ -208,12 +208,6 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of training so far, earlier calls of a resumed run included."""
         return self._seconds_before + time.perf_counter() - self._started
-
-    @staticmethod
-    def restore(checkpoint: dict, step: TrainStep) -> TrainState:
-        """The training state of a checkpoint whose weights `step`'s model holds; its optimizer
-        and scaler states go into `step`, its RNG states into torch."""
-        return restore_training(checkpoint, step.optimizer, step.scaler)
 
     # -- the loop ----------------------------------------------------------------------------------
     def validate(self) -> float:

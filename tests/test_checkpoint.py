@@ -10,6 +10,7 @@ from seq2seq.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     saved_flags,
+    trained_max_length,
 )
 from seq2seq.model import Seq2Seq
 from seq2seq.run import read_flags
@@ -35,6 +36,23 @@ def as_format_1(checkpoint: dict) -> dict:
         (lambda c: c.update(iteration="3"), "its iteration is not what a run saves"),
         (lambda c: c.update(history={"train": []}), "its history is not what a run saves"),
         (lambda c: c["config"].pop("loop"), "lacks the training state (its flags)"),
+        (
+            lambda c: c["config"]["loop"].update(batch_size="4"),
+            "its --batch-size '4' is not a value train.py takes",
+        ),
+        (
+            lambda c: c["config"]["loop"].update(eval_every=0),
+            "its --eval-every 0 is not a value train.py takes",
+        ),
+        (lambda c: c["config"]["optimizer"].update(learning_rate=-1.0), "its --learning-rate -1.0 is not"),
+        (lambda c: c["config"]["optimizer"].update(optimizer="rmsprop"), "its --optimizer 'rmsprop' is not"),
+        (lambda c: c["config"]["pairs"].update(val_fraction=0.9), "its --val-fraction 0.9 is not"),
+        (lambda c: c["config"]["data"].update(data_dir=5), "its --data-dir 5 is not"),
+        (lambda c: c["config"]["optimizer"].pop("optimizer"), "lacks the training state (its flags)"),
+        (lambda c: c["config"].pop("recipe"), "lacks the training state (its flags)"),
+        (lambda c: c["config"].update(pairs=[10]), "is not a chatbot-seq2seq checkpoint"),
+        (lambda c: c["config"]["pairs"].update(bogus=1), "is not a chatbot-seq2seq checkpoint"),
+        (lambda c: c["config"].update(recipe="secret"), "is not a chatbot-seq2seq checkpoint"),
     ],
 )
 def test_resuming_a_checkpoint_without_its_whole_training_state_is_one_line(
@@ -79,6 +97,10 @@ def test_a_format_1_checkpoint_from_before_recipes_and_newer_options_still_loads
     assert loaded.config.tie_embeddings is False and loaded.config.input_dropout == 0.0
     assert checkpoint["config"]["recipe"] == "tutorial"  # what a run from before recipes trained with
     assert checkpoint["config"]["pairs"] == {"max_length": 12}
+    torch.save({"format": FORMAT_1, "model_config": old_config, "model": model.state_dict(),
+                "vocab": vocab.to_dict()}, tmp_path / "no-flags.pth")  # fmt: skip
+    inference_only = load_checkpoint(tmp_path / "no-flags.pth")  # as inference-only ones were written
+    assert build_model(inference_only)[0].config == loaded.config and trained_max_length(inference_only) == 10
 
 
 def test_a_run_from_before_recipes_resumes_as_it_was(pair_dir, tmp_path, capsys):
@@ -97,3 +119,24 @@ def test_a_run_from_before_recipes_resumes_as_it_was(pair_dir, tmp_path, capsys)
     assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4
     with pytest.raises(CheckpointError, match="--recipe tuned differs from the checkpoint's tutorial"):
         read_flags(["--resume", str(tmp_path / "last.pth"), "--recipe", "tuned"])
+
+
+def test_a_config_that_claims_a_larger_model_than_its_weights_is_refused_before_building_it(
+    trained_checkpoint, monkeypatch
+):
+    from seq2seq import checkpoint as format_module
+
+    checkpoint = load_checkpoint(trained_checkpoint)
+    checkpoint["config"]["model"]["hidden_size"] = 6000
+    built_on = []
+
+    def recording(config):
+        built_on.append(torch.empty(0).device.type)
+        return Seq2Seq(config)
+
+    monkeypatch.setattr(format_module, "Seq2Seq", recording)
+    with pytest.raises(
+        CheckpointError, match=r"size mismatch for embedding.weight: the checkpoint holds \(\d+, 64\)"
+    ):
+        build_model(checkpoint)
+    assert built_on == ["meta"]  # only its shapes were made

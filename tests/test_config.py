@@ -7,6 +7,7 @@ import pytest
 from seq2seq import config
 from seq2seq.cornell import PairSettings
 from seq2seq.run import read_flags
+from tests.helpers import tiny_run
 
 
 def test_recipes_set_defaults_and_explicit_flags_win():
@@ -55,3 +56,13 @@ def test_recipe_help_shows_that_recipes_defaults(capsys):
     with pytest.raises(SystemExit):
         read_flags(["--help"])
     assert "(default:0.001)" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
+
+
+def test_help_on_resume_shows_the_runs_own_values(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2", "--recipe", "tutorial")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        read_flags(["--resume", str(tmp_path / "last.pth"), "--help"])
+    out = capsys.readouterr().out.replace("\n", " ").replace(" ", "")
+    assert exit_info.value.code == 0
+    assert "embeddingandGRUsize(default:16)" in out and "(default:tutorial)" in out
