@@ -101,6 +101,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        if isinstance(error, pickle.UnpicklingError) and "global" in str(error).lower():
+            # weights_only met a class or a function to call: code, not data
+            raise CheckpointError(
+                f"{path} is not a chatbot-seq2seq checkpoint: it holds Python objects, refused"
+            ) from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {reason[:200]}"
@@ -160,17 +165,41 @@ def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dic
         raise CheckpointError(
             f"{path} cannot be resumed: it lacks the training state ({', '.join(missing) or 'its flags'})"
         )
-    for key, kind in RESUME_KEYS.items():
-        if not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool):
+    history, rng = checkpoint["history"], checkpoint["rng"]
+    fits = {
+        **{
+            key: isinstance(checkpoint[key], kind) and not isinstance(checkpoint[key], bool)
+            for key, kind in RESUME_KEYS.items()
+        },  # fmt: skip
+        "iteration": _count(checkpoint["iteration"]),
+        "best_iteration": _count(checkpoint["best_iteration"]),
+        "evals_without_improvement": _count(checkpoint["evals_without_improvement"]),
+        "history": isinstance(history, dict) and all(_series(history.get(k)) for k in ("train", "val")),
+        "clock": _series(checkpoint["clock"]),
+        "rng": isinstance(rng, dict)
+        and isinstance(rng.get("torch"), torch.Tensor)
+        and rng["torch"].dtype == torch.uint8,
+    }
+    for key, ok in fits.items():
+        if not ok:
             raise CheckpointError(f"{path} cannot be resumed: its {key} is not what a run saves")
-    if not all(isinstance(checkpoint["history"].get(k), list) for k in ("train", "val")):
-        raise CheckpointError(f"{path} cannot be resumed: its history is not what a run saves")
     saved = saved_flags(checkpoint)
     if recipe not in (None, saved["recipe"]):
         raise CheckpointError(
             f"--recipe {recipe} differs from the checkpoint's {saved['recipe']}; a resumed run keeps it"
         )
     return saved
+
+
+def _count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _series(value) -> bool:
+    """Whether `value` is a list of [iteration, number] pairs, as history and clock are."""
+    return isinstance(value, list) and all(
+        isinstance(e, list) and len(e) == 2 and _count(e[0]) and type(e[1]) in (int, float) for e in value
+    )
 
 
 def check_unchanged(saved: dict, flags: dict) -> None:

@@ -77,9 +77,12 @@ INVOCATION = dict(recipe=DEFAULT_RECIPE, epochs=None, data_dir=DATA_DIR, source=
                   save_dir="checkpoints", resume=None, device="auto", precision="auto", compile=False,
                   num_threads=None, use_wandb=False, wandb_project="chatbot-seq2seq", wandb_entity=None,
                   wandb_mode=None, plot=None)  # fmt: skip
-# Flags about this machine and this invocation, never taken from a checkpoint being resumed.
+# Flags never taken from a checkpoint being resumed: this machine's and this invocation's, and
+# every path and data flag, so that a checkpoint (a file from anywhere) cannot steer what is
+# read, written, downloaded or rebuilt. A resumed run's pairs must match data/ instead
+# (run.read_flags).
 NOT_RESUMED = ("resume", "epochs", "device", "num_threads", "compile", "save_dir", "plot", "source", "url",
-               "use_wandb", "wandb_project", "wandb_entity", "wandb_mode")  # fmt: skip
+               "use_wandb", "wandb_project", "wandb_entity", "wandb_mode", "data_dir", *PAIR_FLAGS)  # fmt: skip
 # Flags that cannot change on resume, and what they are.
 FIXED_ON_RESUME = {**{f.name: "the architecture" for f in fields(ModelConfig) if f.name != "vocab_size"},
                    "optimizer": "the optimizer"}  # fmt: skip

@@ -48,7 +48,21 @@ def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:
         config.show_help(flags)  # the defaults this run would have, a resumed run's included
     if saved:
         check_unchanged(saved, flags)
+        check_pairs(saved, flags)
     return flags, checkpoint
+
+
+def check_pairs(saved: dict, flags: dict) -> None:
+    """A resumed run trains on pairs cut as its checkpoint's were, unless flags given now say
+    otherwise (which rebuilds data/ as they say): data/ as it is built must match."""
+    pairs = config.pair_settings(flags)
+    for flag, field in config.PAIR_FLAGS.items():
+        if flag in saved and flags[flag] is None and getattr(pairs, field) != saved[flag]:
+            name = f"--{flag.replace('_', '-')}"
+            raise CorpusError(
+                f"{flags['data_dir']}/ is cut with {name} {getattr(pairs, field)}, the resumed run with "
+                f"{name} {saved[flag]}: give {name} {saved[flag]} to rebuild it so, or --data-dir of such a build"
+            )
 
 
 def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):

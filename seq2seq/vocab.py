@@ -148,7 +148,16 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
+        """The inverse of `to_dict`, for data read from a file: every word must be one the
+        normaliser can produce (words reach the terminal, so no control characters, no spaces)."""
         words, counts = data["words"], data["counts"]
-        if len(words) != len(counts) or len(set(words)) != len(words):
-            raise ValueError("vocabulary data is inconsistent (duplicate words or missing counts)")
+        if not (isinstance(words, list) and isinstance(counts, list)) or len(words) != len(counts):
+            raise ValueError("vocabulary data is inconsistent (words and counts differ)")
+        if len(set(words)) != len(words) or set(words) & set(SPECIAL_TOKENS):
+            raise ValueError("vocabulary data is inconsistent (duplicate words)")
+        for word in words:
+            if not isinstance(word, str) or not word or normalize(word) != word or " " in word:
+                raise ValueError(f"vocabulary holds {ascii(word)[:40]}, which is not a normalised word")
+        if not all(type(c) is int and c >= 0 for c in counts):
+            raise ValueError("vocabulary counts are not counts")
         return cls(words, dict(zip(words, counts)))

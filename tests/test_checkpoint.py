@@ -35,6 +35,11 @@ def as_format_1(checkpoint: dict) -> dict:
         (lambda c: c.pop("optimizer"), "lacks the training state (optimizer)"),
         (lambda c: c.update(iteration="3"), "its iteration is not what a run saves"),
         (lambda c: c.update(history={"train": []}), "its history is not what a run saves"),
+        (lambda c: c["history"]["val"].append([9, "low"]), "its history is not what a run saves"),
+        (lambda c: c.update(clock=[[3]]), "its clock is not what a run saves"),
+        (lambda c: c.update(iteration=-1), "its iteration is not what a run saves"),
+        (lambda c: c.update(rng={"torch": [1, 2]}), "its rng is not what a run saves"),
+        (lambda c: c["rng"].update(torch=torch.zeros(3)), "its rng is not what a run saves"),
         (lambda c: c["config"].pop("loop"), "lacks the training state (its flags)"),
         (
             lambda c: c["config"]["loop"].update(batch_size="4"),
@@ -89,7 +94,7 @@ def test_a_format_1_checkpoint_from_before_recipes_and_newer_options_still_loads
     model = Seq2Seq(config)
     old_config = {k: v for k, v in config.to_dict().items()
                   if k not in ("input_dropout", "output_dropout", "tie_embeddings")}  # fmt: skip
-    vocab = Vocabulary([f"w{i}" for i in range(16)])
+    vocab = Vocabulary([f"w{chr(97 + i)}" for i in range(16)])
     torch.save({"format": FORMAT_1, "model_config": old_config, "model": model.state_dict(),
                 "vocab": vocab.to_dict(), "args": {"max_length": 12}}, tmp_path / "old.pth")  # fmt: skip
     checkpoint = load_checkpoint(tmp_path / "old.pth")
@@ -112,13 +117,13 @@ def test_a_run_from_before_recipes_resumes_as_it_was(pair_dir, tmp_path, capsys)
         checkpoint["args"].pop(key)
         checkpoint["model_config"].pop(key, None)
     torch.save(checkpoint, tmp_path / "last.pth")
-    flags, _ = read_flags(["--resume", str(tmp_path / "last.pth")])
+    flags, _ = read_flags(["--resume", str(tmp_path / "last.pth"), "--data-dir", str(pair_dir)])
     assert flags["recipe"] == "tutorial" and not flags["long_pairs"] and not flags["tie_embeddings"]
     assert flags["input_dropout"] == 0.0 and flags["lr_decay"] == 1.0
     tiny_run(pair_dir, tmp_path, "--resume", "--iterations", "4")
     assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 4
     with pytest.raises(CheckpointError, match="--recipe tuned differs from the checkpoint's tutorial"):
-        read_flags(["--resume", str(tmp_path / "last.pth"), "--recipe", "tuned"])
+        read_flags(["--resume", str(tmp_path / "last.pth"), "--recipe", "tuned", "--data-dir", str(pair_dir)])
 
 
 def test_a_config_that_claims_a_larger_model_than_its_weights_is_refused_before_building_it(
@@ -140,3 +145,34 @@ def test_a_config_that_claims_a_larger_model_than_its_weights_is_refused_before_
     ):
         build_model(checkpoint)
     assert built_on == ["meta"]  # only its shapes were made
+
+
+def test_a_resumed_checkpoint_steers_no_path_and_rebuilds_no_data(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path / "run", "--iterations", "2")
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pth")
+    elsewhere = tmp_path / "elsewhere"
+    checkpoint["config"]["data"].update(data_dir=str(elsewhere / "data"), source=str(elsewhere / "corpus"))
+    checkpoint["config"]["output"].update(
+        save_dir=str(elsewhere / "checkpoints"), plot=str(elsewhere / "p.png")
+    )
+    checkpoint["config"]["pairs"].update(max_length=12, min_count=2)
+    save_checkpoint(tmp_path / "hostile.pth", {k: v for k, v in checkpoint.items() if k != "format"})
+    built = (pair_dir / "stats.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tiny_run(pair_dir, tmp_path / "run", "--resume", str(tmp_path / "hostile.pth"), "--iterations", "4")
+    err = capsys.readouterr().err
+    assert "is cut with --max-length 10, the resumed run with --max-length 12" in err and err.count("\n") == 1
+    assert (pair_dir / "stats.json").read_text() == built and not elsewhere.exists()
+    checkpoint["config"]["pairs"].update(max_length=10, min_count=1)  # pairs as data/ holds them
+    save_checkpoint(tmp_path / "hostile.pth", {k: v for k, v in checkpoint.items() if k != "format"})
+    tiny_run(pair_dir, tmp_path / "run", "--resume", str(tmp_path / "hostile.pth"), "--iterations", "4")
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["iteration"] == 4 and not elsewhere.exists()
+
+
+def test_a_vocabulary_word_the_normaliser_cannot_produce_is_refused(trained_checkpoint):
+    for word in ["evil\x1b[2J", "two words", "line\nbreak", "Upper", ""]:
+        checkpoint = load_checkpoint(trained_checkpoint)
+        checkpoint["vocab"]["words"][0] = word
+        with pytest.raises(CheckpointError, match="which is not a normalised word"):
+            build_model(checkpoint)

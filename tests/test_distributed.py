@@ -47,5 +47,16 @@ def test_a_two_rank_checkpoint_loads_and_resumes_in_one_process(pair_dir, tmp_pa
     assert checkpoint["iteration"] == 3
     model, vocab = build_model(checkpoint)  # no DistributedDataParallel prefixes in the weights
     assert len(vocab) == model.config.vocab_size
-    train.main(["--resume", str(save / "last.pth"), "--iterations", "5", "--save-dir", str(save)])
+    train.main(
+        [
+            "--resume",
+            str(save / "last.pth"),
+            "--iterations",
+            "5",
+            "--save-dir",
+            str(save),
+            "--data-dir",
+            str(pair_dir),
+        ]
+    )
     assert load_checkpoint(save / "last.pth")["iteration"] == 5
