@@ -30,7 +30,7 @@ from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
 from seq2seq.devices import DeviceError
 from seq2seq.download import DataError
-from seq2seq.files import pyplot, save_figure
+from seq2seq.files import FolderError, pyplot, save_figure
 from seq2seq.training import TrainingError
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -180,7 +180,7 @@ def main() -> None:
             )
         except DataError as error:
             fail(str(error), error.code)
-        except (CheckpointError, CorpusError, DeviceError) as error:
+        except (CheckpointError, CorpusError, DeviceError, FolderError) as error:
             fail(str(error))
         except KeyboardInterrupt:
             fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)

@@ -20,6 +20,7 @@ from seq2seq.cli import fail
 from seq2seq.cornell import CorpusError
 from seq2seq.devices import DeviceError
 from seq2seq.download import DataError
+from seq2seq.files import FolderError
 from seq2seq.training import TrainingError, perplexity
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer, reason = run.train(flags, checkpoint)
     except DataError as error:
         fail(str(error), error.code)
-    except (CheckpointError, CorpusError, DeviceError, TrainingError) as error:
+    except (CheckpointError, CorpusError, DeviceError, FolderError, TrainingError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         fail(

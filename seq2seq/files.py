@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class FolderError(Exception):
+    """A folder that cannot be written to, or that another process is writing; one line."""
 
 
 @contextmanager
@@ -21,6 +26,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _temporary_of_a_dead_process(path: Path) -> bool:
+    """Whether `path` is one of atomic_path's temporaries (".NAME.PID.tmp") whose process is gone."""
+    parts = path.name.split(".")
+    if len(parts) < 4 or parts[0] or parts[-1] != "tmp" or not parts[-2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, but another user's
+        return False
+    return False
+
+
+@contextmanager
+def claimed_folder(folder: str | Path) -> Iterator[Path]:
+    """Hold `folder` for this process while the block runs: it is created if need be, must be
+    writable, and is refused if another process holds it (the lock goes with its process, even
+    a killed one). Temporaries that killed writers left there are removed first."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as error:
+        raise FolderError(f"cannot write to {folder}/: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderError(
+                f"{folder}/ is in use by another training run; wait for it or choose another --save-dir"
+            ) from None
+        for path in folder.glob(".*.tmp"):
+            if _temporary_of_a_dead_process(path):
+                path.unlink(missing_ok=True)
+        yield folder
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

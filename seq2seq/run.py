@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from .checkpoint import (
 from .cornell import CorpusError, PairSettings, read_pairs
 from .devices import resolve_device, resolve_precision
 from .download import build_data
+from .files import claimed_folder
 from .model import Seq2Seq
 from .tracking import WandbLogger
 from .training import Trainer, TrainingError, TrainStep, make_optimizer, plot_losses
@@ -128,9 +130,35 @@ def train(flags: dict, checkpoint: dict | None = None, observers: tuple = ()) ->
     except ValueError as error:  # e.g. torchrun with MPS, or more local ranks than GPUs
         raise TrainingError(str(error)) from None
     logger = WandbLogger(flags) if flags["use_wandb"] and world.is_main else None
-    flags = distributed.from_main({**flags, **(logger.agent_values if logger else {})})  # rank 0's run
-    if checkpoint:
-        check_unchanged(saved_flags(checkpoint), flags)  # nor may a sweep agent change them
+    with ExitStack() as finally_:
+        if logger:
+            finally_.callback(lambda: logger.finish(flags["plot"]))
+        flags = distributed.from_main({**flags, **(logger.agent_values if logger else {})})  # rank 0's run
+        if checkpoint:
+            check_unchanged(saved_flags(checkpoint), flags)  # nor may a sweep agent change them
+        if world.is_main:  # the folder is writable and this run's alone, before any work is done
+            finally_.enter_context(claimed_folder(flags["save_dir"]))
+        trainer, cfg, sample_queries = _build_run(flags, checkpoint, world, device)
+        if logger:
+            logger.watch(trainer, sample_queries, cfg)  # first, so it sees the validation a pruner stops on
+        trainer.observers += observers
+        try:
+            reason = trainer.run()
+        finally:
+            if cfg.output.plot and world.is_main:
+                title = f"{cfg.model.attn_model} attention, hidden {cfg.model.hidden_size}, {cfg.machine.precision}"
+                try:
+                    plot_losses(trainer.state.history, cfg.output.plot, title)
+                except OSError as error:
+                    print(
+                        f"note: cannot write the plot {cfg.output.plot}: {error.strerror or error}",
+                        file=sys.stderr,
+                    )
+    return trainer, reason
+
+
+def _build_run(flags: dict, checkpoint: dict | None, world: distributed.World, device: torch.device):
+    """The trainer, the frozen configuration and the sample queries of a run."""
     precision, why = resolve_precision(flags["precision"], device)
     if world.is_main:
         print(f"{device}, {precision} ({why})", file=sys.stderr)
@@ -161,16 +189,4 @@ def train(flags: dict, checkpoint: dict | None = None, observers: tuple = ()) ->
             f"{device}, {precision}",
             file=sys.stderr,
         )
-    if logger:
-        logger.watch(trainer, sample_queries, cfg)  # first, so it sees the validation a pruner stops on
-    trainer.observers += observers
-    plot = cfg.output.plot
-    try:
-        reason = trainer.run()
-    finally:
-        if plot and world.is_main:
-            title = f"{cfg.model.attn_model} attention, hidden {cfg.model.hidden_size}, {precision}"
-            plot_losses(trainer.state.history, plot, title)
-        if logger:
-            logger.finish(plot)
-    return trainer, reason
+    return trainer, cfg, sample_queries

@@ -202,7 +202,17 @@ class Trainer:
             payload = training_payload(
                 step.model, self.vocab, self.config, step.optimizer, step.scaler, self.state
             )
-            save_checkpoint(path, payload)
+            try:
+                save_checkpoint(path, payload)
+            except (
+                OSError,
+                RuntimeError,
+            ) as error:  # a full disk reaches torch.save's writer as a RuntimeError
+                cause = error.__cause__ or error.__context__ or error
+                reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0][:200]
+                raise TrainingError(
+                    f"cannot write {path} ({reason}); the checkpoints written before are intact"
+                ) from None
         return path
 
     def elapsed(self) -> float:
@@ -241,12 +251,13 @@ class Trainer:
 
         Validation happens at multiples of `eval_every` only, so a run split by a resume sees
         exactly the validations (and early-stopping decisions) of one uninterrupted run.
-        Ctrl-C or SIGTERM finishes the current iteration, then saves last.pth and stops.
+        Ctrl-C, SIGTERM or SIGHUP finishes the current iteration, then saves last.pth and stops.
         """
         loop, s = self.loop, self.state
         self._started, self._seconds_before = time.perf_counter(), s.seconds
         reason = "done"
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal was closed
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in stops}
         bar = tqdm(total=loop.iterations, initial=s.iteration, unit="it", desc="training", dynamic_ncols=True,
                    disable=not self.world.is_main)  # fmt: skip
         window = _Window(time.perf_counter())

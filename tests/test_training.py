@@ -270,7 +270,7 @@ def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
     assert "best validation loss" in result.stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, sig):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *TINY_FLAGS, "--iterations", "100000", "--data-dir", str(pair_dir),

@@ -1,0 +1,76 @@
+"""Faults around training: a busy or unwritable folder, a full disk, a killed writer's leftovers."""
+
+import errno
+import fcntl
+import os
+
+import pytest
+import torch
+
+from seq2seq.checkpoint import load_checkpoint
+from tests.helpers import tiny_run
+
+
+def failed_run(capsys, *args) -> str:
+    """The one error line of a tiny run that must fail."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        tiny_run(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and err[-1].startswith("error: "), err
+    return err[-1]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_before_any_work(pair_dir, tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with open(folder / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a run in another process holds it
+        line = failed_run(capsys, pair_dir, folder, "--iterations", "2")
+    assert "is in use by another training run" in line and not (folder / "last.pth").exists()
+    tiny_run(pair_dir, folder, "--iterations", "2")  # the lock went with its holder
+    tiny_run(pair_dir, folder, "--resume", "--iterations", "3")  # and a run releases its own
+
+
+def test_an_unwritable_save_dir_is_one_line_before_the_data_is_read(pair_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    line = failed_run(capsys, pair_dir, tmp_path / "file" / "run", "--iterations", "2")
+    assert line.startswith(f"error: cannot write to {tmp_path / 'file' / 'run'}/")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(
+    pair_dir, tmp_path, capsys, monkeypatch
+):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2")
+    before = (tmp_path / "last.pth").read_bytes()
+
+    def full_disk(obj, f):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as error:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0") from error
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    line = failed_run(capsys, pair_dir, tmp_path, "--resume", "--iterations", "4")
+    assert (
+        "cannot write" in line and "No space left on device" in line and "written before are intact" in line
+    )
+    assert (tmp_path / "last.pth").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(pair_dir, tmp_path):
+    dead = tmp_path / ".last.pth.4194000.tmp"  # beyond any pid this machine hands out
+    live = tmp_path / f".other.pth.{os.getpid()}.tmp"  # this process is alive
+    other = tmp_path / ".notes.tmp"
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    tiny_run(pair_dir, tmp_path, "--iterations", "2")
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_plot_that_cannot_be_written_is_a_note_and_the_run_succeeds(pair_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    tiny_run(pair_dir, tmp_path / "run", "--iterations", "2", "--plot", str(tmp_path / "file" / "loss.png"))
+    assert "note: cannot write the plot" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.pth")["iteration"] == 2
