@@ -33,7 +33,7 @@ from seq2seq.devices import DeviceError
 from seq2seq.files import write_text_atomic
 from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
 from seq2seq.training import perplexity, teacher_forced_scores
-from seq2seq.vocab import detokenize
+from seq2seq.vocab import detokenize, words_within
 
 
 def make_parser() -> ArgumentParser:
@@ -52,12 +52,31 @@ def make_parser() -> ArgumentParser:
     return p
 
 
+def cut_pairs(pairs: list[tuple[str, str]], words: int) -> tuple[list[tuple[str, str]], dict]:
+    """Each side cut to its first `words` words (as chat.py reads queries, and so that one long
+    line cannot take the memory of thousands), and how many of each were cut."""
+    cut = {"queries": 0, "references": 0}
+    out = []
+    for query, reply in pairs:
+        sides = []
+        for side, name in ((query, "queries"), (reply, "references")):
+            tokens = side.split()
+            cut[name] += len(tokens) > words
+            sides.append(" ".join(tokens[:words]))
+        out.append((sides[0], sides[1]))
+    return out, cut
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     model, vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
     settings = decode_settings(args, trained_max_length(checkpoint))
     pairs = read_pairs(args.test_data)[: args.limit]
     if not pairs:
         raise CorpusError(f"{args.test_data} holds no pairs")
+    pairs, cut = cut_pairs(pairs, words_within(trained_max_length(checkpoint)))
+    if any(cut.values()):
+        print(f"note: {cut['queries']:,} queries and {cut['references']:,} references were cut to the "
+              f"{words_within(trained_max_length(checkpoint))} words the model was trained on", file=sys.stderr)  # fmt: skip
 
     loss, accuracy = teacher_forced_scores(
         model, iterate_batches(encode_pairs(pairs, vocab), args.batch_size)
@@ -74,6 +93,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "model": args.model_path,
         "test_data": args.test_data,
         "pairs": len(pairs),
+        "cut": cut,
         "decoding": asdict(settings),
         "loss": loss,
         "perplexity": perplexity(loss),

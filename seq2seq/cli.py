@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -66,6 +67,8 @@ probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 dropout_rate = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 fraction = _checked(float, lambda v: 0.0 <= v < 0.5, "a fraction in [0, 0.5)")
 decay_factor = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+nucleus = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p 0 keeps no token
+finite = _checked(float, math.isfinite, "a finite number")
 
 
 def boolean(text: str) -> bool:
@@ -135,7 +138,7 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> N
     parser.add_argument(
         "--beam-size", type=positive_int, default=d.beam_size, help="beams for --decoding beam"
     )
-    parser.add_argument("--length-penalty", type=float, default=d.length_penalty,
+    parser.add_argument("--length-penalty", type=finite, default=d.length_penalty,
                         help="beam: Wu et al.'s alpha (0: none)")  # fmt: skip
     parser.add_argument("--no-repeat-ngram", type=non_negative_int, default=d.no_repeat_ngram,
                         help="never repeat an n-gram of this size in a reply (0: off)")  # fmt: skip
@@ -145,7 +148,7 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> N
     parser.add_argument("--top-k", type=non_negative_int, default=d.top_k,
                         help="sample from the k likeliest words (0: all)")  # fmt: skip
     parser.add_argument(
-        "--top-p", type=probability, default=d.top_p, help="sample from this much probability mass"
+        "--top-p", type=nucleus, default=d.top_p, help="sample from this much probability mass"
     )
     parser.add_argument("--max-length", type=positive_int,
                         help="longest reply in tokens with EOS (default: the checkpoint's --max-length)")  # fmt: skip

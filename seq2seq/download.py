@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .cornell import SPLITS, CorpusError, PairSettings, find_corpus, make_pairs, read_corpus, write_pairs
 from .files import write_text_atomic
+from .vocab import SPECIAL_TOKENS
 
 CORPUS_URL = "https://www.cs.cornell.edu/~cristian/data/cornell_movie_dialogs_corpus.zip"
 DATA_DIR = "data"  # where data/ is built unless --data-dir says otherwise
@@ -30,6 +31,8 @@ RAW_DIR = "raw"
 CORNELL_MEMBERS = ("movie_lines.txt", "movie_conversations.txt")
 CONVOKIT_MEMBERS = ("utterances.jsonl",)
 BUILT_FILES = ("train.txt", "val.txt", "test.txt", "vocab.json", "stats.json")
+MAX_CORPUS_BYTES = 2**30  # the corpus files of a zip unpack to at most this (Cornell's: 40 MiB)
+MAX_RATIO = 50  # nor more than this times their compressed size (Cornell's: about 4)
 RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
@@ -136,6 +139,15 @@ def verify_zip(path: Path) -> dict[str, str]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = _corpus_members(archive)
+            infos = [archive.getinfo(member) for member in members.values()]
+            size, packed = sum(i.file_size for i in infos), sum(i.compress_size for i in infos)
+            if size > MAX_CORPUS_BYTES or size > MAX_RATIO * max(
+                packed, 1
+            ):  # zipfile reads no more than that
+                raise DataError(
+                    f"it would unpack to {size / 2**20:,.0f} MiB from {packed / 2**20:,.1f} MiB, as no corpus "
+                    f"does (the Cornell corpus: about 40 MiB from 10)"
+                )
             broken = archive.testzip()  # reads every member and checks its CRC
             if broken is not None:
                 raise zipfile.BadZipFile(f"member {broken!r} is damaged")
@@ -216,6 +228,13 @@ def prepare_data(
         if not conversations:
             raise DataError(f"no conversations could be read from {corpus}")
         paired = make_pairs(conversations, settings)
+        if not paired.splits["train"] or len(paired.vocab) == len(SPECIAL_TOKENS):
+            found = "no training pairs" if not paired.splits["train"] else "no word seen --min-count times"
+            raise DataError(
+                f"{corpus} gives {found} ({len(conversations):,} conversations read, skipped: "
+                f"{dict(skipped) or 'nothing'}): is it the Cornell corpus, its lines and conversations "
+                "from the same release?"
+            )
         for split in SPLITS:
             write_pairs(data_dir / f"{split}.txt", paired.splits[split])
         write_text_atomic(data_dir / "vocab.json", json.dumps(paired.vocab.to_dict()) + "\n")

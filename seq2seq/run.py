@@ -29,7 +29,7 @@ from .files import claimed_folder
 from .model import Seq2Seq
 from .tracking import WandbLogger
 from .training import Trainer, TrainingError, TrainStep, make_optimizer, plot_losses
-from .vocab import Vocabulary
+from .vocab import SPECIAL_TOKENS, Vocabulary
 
 SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
 
@@ -80,9 +80,11 @@ def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
     if vocab is None:
         try:
             vocab = Vocabulary.from_dict(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError) as error:
+            if len(vocab) == len(SPECIAL_TOKENS):
+                raise ValueError("it holds no word")
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
             raise CorpusError(
-                f"cannot read {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
+                f"cannot use {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
             ) from None
     longest = max(pairs.train_max_length, pairs.max_length) if flags["long_pairs"] else pairs.max_length
     train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, longest)

@@ -5,6 +5,7 @@ run.py resolves a run and builds the pieces; everything that happens per iterati
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -152,6 +153,26 @@ class _Window:
     tokens: int = 0
 
 
+def _as_at_a_regular_point(state: TrainState, eval_every: int) -> TrainState:
+    """`state` without the validation a run makes when it ends before its first regular one (so
+    that best_model.pth always exists): a run that goes on validates at multiples of
+    `eval_every` only, and the best loss, the patience count and the learning-rate schedule
+    must see exactly the validations an unbroken run sees."""
+    regular = [entry for entry in state.history["val"] if entry[0] % eval_every == 0]
+    if len(regular) == len(state.history["val"]):
+        return state
+    best, best_iteration, without = math.inf, 0, 0
+    for iteration, loss in regular:
+        if loss < best:
+            best, best_iteration, without = loss, iteration, 0
+        else:
+            without += 1
+    clock = [entry for entry in state.clock if entry[0] % eval_every == 0]
+    history = {**state.history, "val": regular}
+    return dataclasses.replace(state, best_val_loss=best, best_iteration=best_iteration,
+                               evals_without_improvement=without, history=history, clock=clock)  # fmt: skip
+
+
 class Trainer:
     """Runs a TrainStep over a BatchSchedule, validating and checkpointing as it goes.
 
@@ -175,7 +196,7 @@ class Trainer:
         """`config` is what checkpoints record of the run (config.RunConfig.to_dict())."""
         self.step, self.vocab, self.examples, self.val_batches = step, vocab, train_examples, val_batches
         self.loop, self.save_dir, self.config = loop, Path(save_dir), config
-        self.state = state or TrainState()
+        self.state = _as_at_a_regular_point(state, loop.eval_every) if state else TrainState()
         self.observers = list(observers)
         self.world = step.world
         lengths = [(len(src), len(tgt)) for src, tgt in train_examples] if loop.bucket_pool else None

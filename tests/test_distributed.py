@@ -42,7 +42,11 @@ def test_a_two_rank_checkpoint_loads_and_resumes_in_one_process(pair_dir, tmp_pa
     run = torchrun(*FLAGS, "--data-dir", str(pair_dir), "--batch-size", "2", "--iterations", "3",
                    "--save-dir", str(save))  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert sorted(p.name for p in save.iterdir()) == [".lock", "best_model.pth", "last.pth"]  # rank 0 alone wrote
+    assert sorted(p.name for p in save.iterdir()) == [
+        ".lock",
+        "best_model.pth",
+        "last.pth",
+    ]  # rank 0 alone wrote
     checkpoint = load_checkpoint(save / "last.pth")
     assert checkpoint["iteration"] == 3
     model, vocab = build_model(checkpoint)  # no DistributedDataParallel prefixes in the weights

@@ -3,6 +3,7 @@
 import json
 import socket
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -250,3 +251,30 @@ def test_a_build_from_before_train_max_length_is_not_rebuilt(pair_dir):
     stats_path.write_text(json.dumps(stats))
     settings = PairSettings(min_count=1, val_fraction=0.2, test_fraction=0.1, train_max_length=0)
     assert prepare_data(pair_dir, settings).get("skipped_build")  # such a build had no longer pairs
+
+
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("c/movie_lines.txt", b"\0" * 30_000_000)  # 30 MB in about 30 KB
+        archive.writestr("c/movie_conversations.txt", b"")
+    with pytest.raises(DataError, match="would unpack to 29 MiB from 0.0 MiB"):
+        prepare_data(tmp_path / "data", SETTINGS, source=str(bomb))
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize("lines", [b"", b"L1 +++$+++ u0 +++$+++ m0 +++$+++ A +++$+++ hello\n"])
+def test_a_corpus_that_gives_no_training_pairs_is_an_error(tmp_path, lines):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "movie_lines.txt").write_bytes(lines)
+    (folder / "movie_conversations.txt").write_bytes(b"u0 +++$+++ u1 +++$+++ m0 +++$+++ ['L7', 'L8']\n")
+    with pytest.raises(DataError, match="gives no training pairs .* is it the Cornell corpus"):
+        prepare_data(tmp_path / "data", SETTINGS, source=str(folder))
+    assert not (tmp_path / "data" / "train.txt").exists()
+
+
+def test_a_build_whose_vocabulary_is_empty_is_an_error(corpus, tmp_path):
+    folder, _ = corpus
+    with pytest.raises(DataError, match="no word seen --min-count times"):
+        prepare_data(tmp_path / "data", PairSettings(min_count=10**6), source=str(folder))

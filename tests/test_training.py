@@ -348,3 +348,29 @@ def test_long_pairs_on_a_build_without_them_says_so(pair_dir, tmp_path, capsys):
     assert settings["train_max_length"] == 30  # the default build
     tiny_run(pair_dir, tmp_path, "--iterations", "1", "--train-max-length", "0")
     assert "holds no training pairs longer than --max-length 10" in capsys.readouterr().err
+
+
+def test_an_empty_or_misshapen_vocabulary_file_is_one_line(pair_dir, tmp_path, capsys):
+    for text in ['{"words": [], "counts": []}', "[1, 2]", '{"words": ["a b"], "counts": [1]}']:
+        (pair_dir / "vocab.json").write_text(text)
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            tiny_run(pair_dir, tmp_path, "--iterations", "1")
+        assert f"cannot use {pair_dir}/vocab.json" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_run_stopped_before_its_first_validation_resumes_exactly(pair_dir, tmp_path):
+    """The validation a run makes when it ends early (for best_model.pth) is not one an unbroken
+    run makes: patience, plateaus and the learning-rate decay must not see it."""
+    flags = ["--dropout", "0", "--lr-decay", "0.5", "--patience", "3", "--eval-every", "3", "--seed", "1"]
+    tiny_run(pair_dir, tmp_path / "straight", "--iterations", "9", *flags)
+    tiny_run(pair_dir, tmp_path / "split", "--iterations", "2", *flags)
+    assert [it for it, _ in load_checkpoint(tmp_path / "split" / "last.pth")["history"]["val"]] == [2]
+    tiny_run(pair_dir, tmp_path / "split", "--resume", "--iterations", "9")
+    a = load_checkpoint(tmp_path / "straight" / "last.pth")
+    b = load_checkpoint(tmp_path / "split" / "last.pth")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"] == b["history"] and a["best_iteration"] == b["best_iteration"]
+    assert a["evals_without_improvement"] == b["evals_without_improvement"]
+    assert [it for it, _ in b["clock"]] == [3, 6, 9]
