@@ -14,6 +14,7 @@ handling stay in Python there). Every export is checked: its replies must equal 
 model's greedy replies on --prompts prompts.
 """
 
+import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
 import time
 import warnings
 from pathlib import Path

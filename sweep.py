@@ -10,13 +10,14 @@ validation losses replaces W&B's hyperband early termination. The study lives in
 several machines share one study. Any other flag is a train.py flag, passed to every trial.
 """
 
-from __future__ import annotations
-
+import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
 import math
 import os
+import random
 import shlex
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -123,6 +124,43 @@ def write_plots(study: optuna.Study, folder: Path) -> None:
         save_figure(figure, folder / name)
 
 
+def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna.Study:
+    """The study `name` in the database at `url`, created if need be. Workers started together on
+    a fresh database race to create its tables, and all but one fail: a failed start is retried.
+    A missing database driver, or a database still unreachable, is one line."""
+    import sqlalchemy.exc
+
+    failures = 0
+    while True:
+        try:
+            storage = optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=60,  # a trial left RUNNING by a killed sweep is failed, then retried
+                grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+            return optuna.create_study(
+                study_name=name,
+                storage=storage,
+                direction=direction,
+                sampler=optuna.samplers.TPESampler(),  # unseeded: resumed or parallel sweeps must not repeat trials
+                pruner=optuna.pruners.HyperbandPruner(),
+                load_if_exists=True,
+            )
+        except ImportError as error:
+            missing = getattr(error.__cause__, "name", None) or "its driver"
+            fail(f"--storage {url.split(':', 1)[0]}: the database driver ({missing}) is not installed; "
+                 "pip install it (PostgreSQL: psycopg[binary] or psycopg2-binary)")  # fmt: skip
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.DuplicatedStudyError) as error:
+            failures += 1
+            if failures == attempts:
+                first = (
+                    str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                )
+                fail(f"cannot open the study in {url}: {first}")
+            time.sleep(0.5 * failures + random.random())
+
+
 def main() -> None:
     parser = ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other flags go to train.py for every trial."
@@ -148,20 +186,7 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = optuna.storages.RDBStorage(
-        args.storage,
-        heartbeat_interval=60,  # a trial left RUNNING by a killed sweep is failed, then retried
-        grace_period=120,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(),  # unseeded: resumed or parallel sweeps must not repeat trials
-        pruner=optuna.pruners.HyperbandPruner(),
-        load_if_exists=True,
-    )
+    study = open_study(args.storage, study_name, direction)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = args.trials - done
     print(

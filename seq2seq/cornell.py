@@ -55,13 +55,20 @@ def read_corpus(folder: str | Path) -> tuple[list[Conversation], Counter[str]]:
 
 
 def _decode_lines(path: Path, skipped: Counter[str]) -> list[str]:
-    """Lines of an 8-bit corpus file as text.
+    """Lines of a corpus file as text.
 
     The release calls itself ISO-8859-1, but its dashes are Windows-1252 bytes (0x96, 0x97), so we
     decode as Windows-1252, whose printable range includes ISO-8859-1's. A line holding a byte
-    with no character there (0x81, 0x8d, 0x8f, 0x90, 0x9d) is skipped and counted.
+    with no character there (0x81, 0x8d, 0x8f, 0x90, 0x9d) is skipped and counted. A file that
+    is valid UTF-8 and not plain ASCII was re-saved as UTF-8 (the release's lone accented bytes
+    are never valid UTF-8): read as Windows-1252 it would become mojibake, so it is read as UTF-8.
     """
     data = path.read_bytes()
+    if not data.isascii():
+        try:
+            return data.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            pass
     try:
         return data.decode("cp1252").split("\n")
     except UnicodeDecodeError:
@@ -134,7 +141,7 @@ def read_convokit(folder: Path) -> tuple[list[Conversation], Counter[str]]:
                 item = json.loads(line)
                 key, order = str(item["conversation_id"]), int(str(item["id"]).lstrip("L"))
                 text = normalize(str(item.get("text") or ""))
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 skipped["malformed_line"] += 1
                 continue
             if not text:

@@ -260,21 +260,40 @@ def prepare_data(
 
 
 def built_settings(stats: dict | None) -> dict | None:
-    """The pair settings a finished build used (builds from before `train_max_length` had none: 0)."""
+    """The pair settings a finished build used (builds from before `train_max_length` had none:
+    0); None unless they are PairSettings' fields, each of its type."""
     settings = (stats or {}).get("settings")
-    return {"train_max_length": 0, **settings} if isinstance(settings, dict) else None
+    if not isinstance(settings, dict):
+        return None
+    settings = {"train_max_length": 0, **settings}
+    kinds = {name: type(value) for name, value in vars(PairSettings()).items()}
+    fits = {
+        k: type(settings.get(k)) is kind or (kind is float and type(settings.get(k)) is int)
+        for k, kind in kinds.items()
+    }
+    if set(settings) != set(kinds) or not all(fits.values()):
+        return None
+    return settings
 
 
 def read_stats(path: Path) -> dict | None:
     """The statistics of a finished build, or None if there is none (or it is unreadable)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+    return stats if isinstance(stats, dict) else None
 
 
 def format_stats(stats: dict) -> str:
-    """A short human summary of stats.json."""
+    """A short human summary of stats.json (of a damaged one, a line that says so)."""
+    try:
+        return _summary(stats)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "(stats.json holds no readable summary)"
+
+
+def _summary(stats: dict) -> str:
     pairs, vocab = stats["pairs"], stats["vocabulary"]
     lines = [
         f"utterances {stats['utterances']:,} in {stats['conversations']:,} conversations",

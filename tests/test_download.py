@@ -278,3 +278,42 @@ def test_a_build_whose_vocabulary_is_empty_is_an_error(corpus, tmp_path):
     folder, _ = corpus
     with pytest.raises(DataError, match="no word seen --min-count times"):
         prepare_data(tmp_path / "data", PairSettings(min_count=10**6), source=str(folder))
+
+
+@pytest.mark.parametrize(
+    "text", ["[1, 2]", "[" * 100_000 + "]" * 100_000, '{"settings": {"max_length": "ten"}}']
+)
+def test_a_misshapen_stats_json_counts_as_no_build(corpus, tmp_path, text):
+    folder, _ = corpus
+    prepare_data(tmp_path / "data", SETTINGS, source=str(folder))
+    (tmp_path / "data" / "stats.json").write_text(text)
+    assert (
+        read_stats(tmp_path / "data" / "stats.json") is None
+        or download.built_settings(read_stats(tmp_path / "data" / "stats.json")) is None
+    )
+    stats = prepare_data(tmp_path / "data", SETTINGS, source=str(folder))  # rebuilt, not trusted
+    assert "skipped_build" not in stats and download.format_stats(stats).startswith("utterances")
+
+
+def test_a_corpus_saved_as_utf8_is_read_as_utf8(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    lines = ["L1 +++$+++ u0 +++$+++ m0 +++$+++ A +++$+++ Un café crème, s'il vous plaît.",
+             "L2 +++$+++ u1 +++$+++ m0 +++$+++ B +++$+++ Voilà — déjà."]  # fmt: skip
+    (folder / "movie_lines.txt").write_bytes("\n".join(lines * 30).encode("utf-8"))
+    (folder / "movie_conversations.txt").write_bytes(b"u0 +++$+++ u1 +++$+++ m0 +++$+++ ['L1', 'L2']\n" * 30)
+    from seq2seq.cornell import read_corpus
+
+    conversations, _ = read_corpus(folder)
+    assert conversations[0] == ["un cafe creme s'il vous plait .", "voila deja ."]
+
+
+def test_deeply_nested_jsonl_lines_are_skipped_and_counted(tmp_path):
+    from seq2seq.cornell import read_corpus
+
+    folder = tmp_path / "convokit"
+    folder.mkdir()
+    good = '{"id": "L1", "conversation_id": "L1", "text": "hello ."}'
+    (folder / "utterances.jsonl").write_text(good + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    conversations, skipped = read_corpus(folder)
+    assert conversations == [["hello ."]] and skipped["malformed_line"] == 1

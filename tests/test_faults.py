@@ -3,12 +3,16 @@
 import errno
 import fcntl
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from seq2seq.checkpoint import load_checkpoint
-from tests.helpers import tiny_run
+from tests.helpers import ENV, ROOT, tiny_run
 
 
 def failed_run(capsys, *args) -> str:
@@ -74,3 +78,16 @@ def test_a_plot_that_cannot_be_written_is_a_note_and_the_run_succeeds(pair_dir, 
     tiny_run(pair_dir, tmp_path / "run", "--iterations", "2", "--plot", str(tmp_path / "file" / "loss.png"))
     assert "note: cannot write the plot" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "last.pth")["iteration"] == 2
+
+
+@pytest.mark.parametrize("script", ["train.py", "convert_to_torchscript.py", "sweep.py", "evaluate.py"])
+def test_ctrl_c_while_a_script_starts_is_one_line(script, tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)  # fmt: skip
+    time.sleep(0.4)  # the interpreter is up, torch (a second or more) still importing
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the script had already finished starting")
+    assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr[-1000:]
+    assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import train
@@ -159,3 +160,16 @@ def test_wandb_sample_replies_decode_with_the_runs_max_length(tmp_path, monkeypa
                 "--use-wandb", "--save-dir", str(tmp_path / "run")])  # fmt: skip
     assert [s.max_length for s in used] == [14, 14]
     assert any("samples" in values for values in runs[0].logged)
+
+
+def test_a_database_whose_driver_is_missing_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
+        pytest.skip("a PostgreSQL driver is installed here")
+    result = run("sweep.py", ["--trials", "1", "--storage", "postgresql://u:p@127.0.0.1:1/db",
+                              "--config", str(ROOT / "sweep_config.yaml")], tmp_path)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: --storage postgresql: the database driver")
+    )
