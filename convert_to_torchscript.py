@@ -26,7 +26,7 @@ from seq2seq.cli import ArgumentParser, fail, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot, export_parts
-from seq2seq.files import atomic_path
+from seq2seq.files import FolderError, atomic_path, ensure_space, remove_stale_temporaries
 from seq2seq.vocab import detokenize, random_sentences
 
 DEFAULT_OUTPUT = {"trace": "checkpoints/model_traced.pt", "script": "checkpoints/model_scripted.pt",
@@ -98,6 +98,9 @@ def main() -> None:
 
     reference = [eager(prompt) for prompt in prompts]
     try:
+        remove_stale_temporaries(output.parent)
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        ensure_space(output.parent, 2 * weights + 2**20)  # the file, and the temporary beside it
         if args.method == "export":
             bot = export_parts(model, vocab, max_length, output)
             check(bot)
@@ -108,6 +111,8 @@ def main() -> None:
                 bot = torch.jit.load(str(tmp))  # check the file, not the object in memory
                 check(bot)
             written = str(output) + (" (GRU and linear layers quantised to int8)" if int8 else "")
+    except FolderError as error:
+        fail(str(error))
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
     except Exception as error:  # an exporter's own limitation: say exactly what failed

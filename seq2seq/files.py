@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,25 @@ def _temporary_of_a_dead_process(path: Path) -> bool:
     return False
 
 
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Remove what atomic_path left in `folder` when its process was killed mid-write."""
+    for path in Path(folder).glob(".*.tmp"):
+        if _temporary_of_a_dead_process(path):
+            path.unlink(missing_ok=True)
+
+
+def ensure_space(folder: str | Path, needed: int) -> None:
+    """Raise FolderError unless `folder` has about `needed` bytes free (for writers that die
+    rather than fail on a full disk, as torch.jit's C++ writer does)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise FolderError(
+            f"not enough space in {folder}/: about {needed / 2**20:,.0f} MiB needed, {free / 2**20:,.0f} MiB free"
+        )
+
+
 @contextmanager
 def claimed_folder(folder: str | Path) -> Iterator[Path]:
     """Hold `folder` for this process while the block runs: it is created if need be, must be
@@ -60,9 +80,7 @@ def claimed_folder(folder: str | Path) -> Iterator[Path]:
             raise FolderError(
                 f"{folder}/ is in use by another training run; wait for it or choose another --save-dir"
             ) from None
-        for path in folder.glob(".*.tmp"):
-            if _temporary_of_a_dead_process(path):
-                path.unlink(missing_ok=True)
+        remove_stale_temporaries(folder)
         yield folder
     finally:
         os.close(fd)

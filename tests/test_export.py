@@ -140,3 +140,24 @@ def test_building_the_bot_warns_of_nothing_in_its_own_code(model_and_vocab, meth
         build_bot(model, vocab, 10, method)
     ours = [w for w in caught if "instance-level annotations" in str(w.message)]
     assert not ours, ours[0].message
+
+
+def test_an_export_that_would_not_fit_on_the_disk_is_refused_before_writing(
+    trained_checkpoint, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    import convert_to_torchscript
+
+    stale = tmp_path / ".bot.pt.4194000.tmp"  # left by a killed export
+    stale.write_bytes(b"partial")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    monkeypatch.setattr(sys, "argv", ["convert_to_torchscript.py", "--model-path", str(trained_checkpoint),
+                                      "--prompts", "3", "--output-path", str(tmp_path / "bot.pt")])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        convert_to_torchscript.main()
+    assert exit_info.value.code == 1 and not (tmp_path / "bot.pt").exists() and not stale.exists()
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: not enough space in {tmp_path}/")
+    )
