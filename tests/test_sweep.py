@@ -165,11 +165,83 @@ def test_wandb_sample_replies_decode_with_the_runs_max_length(tmp_path, monkeypa
 def test_a_database_whose_driver_is_missing_is_one_line(tmp_path):
     import importlib.util
 
-    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
-        pytest.skip("a PostgreSQL driver is installed here")
-    result = run("sweep.py", ["--trials", "1", "--storage", "postgresql://u:p@127.0.0.1:1/db",
+    if importlib.util.find_spec("pg8000"):
+        pytest.skip("the pg8000 driver is installed here")
+    result = run("sweep.py", ["--trials", "1", "--storage", "postgresql+pg8000://u:p@127.0.0.1:1/db",
                               "--config", str(ROOT / "sweep_config.yaml")], tmp_path)  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert (
-        result.stderr.strip().splitlines()[-1].startswith("error: --storage postgresql: the database driver")
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --storage postgresql+pg8000: the database driver")
     )
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A PostgreSQL server of this test's own on 127.0.0.1 (skipped where none can run); its URL."""
+    import glob
+    import shutil
+    import socket
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin")) + [os.path.dirname(shutil.which("initdb") or "")]
+    found = next((b for b in bins if b and os.path.exists(os.path.join(b, "pg_ctl"))), None)
+    if found is None:
+        pytest.skip("no PostgreSQL server binaries here (apt install postgresql)")
+    pytest.importorskip("psycopg2", reason="no PostgreSQL driver here (pip install psycopg2-binary)")
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if not shutil.which("runuser"):
+            pytest.skip("running as root without runuser to start PostgreSQL as another user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="chatbot-pg-"))  # pytest's own folders are closed to other users
+    os.chmod(base, 0o755)
+    data, sockets = base / "pg", base / "sockets"
+    sockets.mkdir()
+    if as_user:
+        shutil.chown(sockets, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*args):
+        return subprocess.run(
+            [*as_user, os.path.join(found, args[0]), *args[1:]], capture_output=True, text=True
+        )
+
+    if as_user:
+        data.mkdir()
+        shutil.chown(data, "postgres")
+    made = pg("initdb", "-D", str(data), "-A", "trust", "-U", "sweeper")
+    if made.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"initdb failed here: {made.stderr.strip()[-200:]}")
+    started = pg("pg_ctl", "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                 f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        yield f"postgresql+psycopg2://sweeper@127.0.0.1:{port}/postgres"
+    finally:
+        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_workers_started_together_on_a_fresh_postgres_database_share_one_study(postgres, pair_dir, tmp_path):
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    config["parameters"]["batch_size"] = {"values": [4, 8]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    flags = ["--config", str(tmp_path / "sweep.yaml"), "--storage", postgres, "--study-name", "shared",
+             "--data-dir", str(pair_dir), *TINY, "--iterations", "2", "--trials", "3"]  # fmt: skip
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *flags, "--images", str(tmp_path / f"i{n}")],
+                                cwd=tmp_path, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for n in range(3)]  # fmt: skip
+    results = [(w.wait(timeout=300), w.stderr.read()) for w in workers]
+    for code, stderr in results:
+        assert code == 0 and "Traceback" not in stderr, stderr[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=postgres)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 3 <= len(finished) <= 9  # each worker stops once the study holds 3 finished trials
