@@ -20,8 +20,8 @@ from seq2seq.cli import (
     add_decoding_arguments,
     decode_settings,
     fail,
-    positive_float,
     positive_int,
+    temperature,
 )
 from seq2seq.decoding import reply_batch
 from seq2seq.devices import DeviceError
@@ -85,7 +85,7 @@ class Chat:
                 self.settings.beam_size = positive_int(value) if value else self.settings.beam_size
             elif name == "sample":
                 self.settings.method = "sample"
-                self.settings.temperature = positive_float(value) if value else self.settings.temperature
+                self.settings.temperature = temperature(value) if value else self.settings.temperature
             elif name == "settings":
                 return ", ".join(f"{k}={v}" for k, v in asdict(self.settings).items())
             elif name != "help":

@@ -52,18 +52,18 @@ def make_parser() -> ArgumentParser:
     return p
 
 
-def cut_pairs(pairs: list[tuple[str, str]], words: int) -> tuple[list[tuple[str, str]], dict]:
-    """Each side cut to its first `words` words (as chat.py reads queries, and so that one long
-    line cannot take the memory of thousands), and how many of each were cut."""
-    cut = {"queries": 0, "references": 0}
-    out = []
+# References longer than this many times the trained --max-length are left out of the
+# teacher-forced figures (one 20,000-token line would take gigabytes); BLEU still reads them whole.
+SCORED_LENGTH_FACTOR = 10
+
+
+def cut_queries(pairs: list[tuple[str, str]], words: int) -> tuple[list[tuple[str, str]], int]:
+    """Queries cut to their first `words` words, as chat.py reads them; and how many were cut."""
+    out, cut = [], 0
     for query, reply in pairs:
-        sides = []
-        for side, name in ((query, "queries"), (reply, "references")):
-            tokens = side.split()
-            cut[name] += len(tokens) > words
-            sides.append(" ".join(tokens[:words]))
-        out.append((sides[0], sides[1]))
+        tokens = query.split()
+        cut += len(tokens) > words
+        out.append((" ".join(tokens[:words]), reply))
     return out, cut
 
 
@@ -73,13 +73,20 @@ def evaluate(args: argparse.Namespace) -> dict:
     pairs = read_pairs(args.test_data)[: args.limit]
     if not pairs:
         raise CorpusError(f"{args.test_data} holds no pairs")
-    pairs, cut = cut_pairs(pairs, words_within(trained_max_length(checkpoint)))
+    words = words_within(trained_max_length(checkpoint))
+    pairs, cut_queries_count = cut_queries(pairs, words)
+    scored = [pair for pair in pairs if len(pair[1].split()) <= SCORED_LENGTH_FACTOR * words]
+    cut = {"queries": cut_queries_count, "references_not_scored": len(pairs) - len(scored)}
     if any(cut.values()):
-        print(f"note: {cut['queries']:,} queries and {cut['references']:,} references were cut to the "
-              f"{words_within(trained_max_length(checkpoint))} words the model was trained on", file=sys.stderr)  # fmt: skip
-
+        print(f"note: {cut['queries']:,} queries were cut to the {words} words the model was trained on, "
+              f"{cut['references_not_scored']:,} references longer than {SCORED_LENGTH_FACTOR * words} words "
+              "left out of loss and accuracy", file=sys.stderr)  # fmt: skip
+    if not scored:
+        raise CorpusError(
+            f"every reference in {args.test_data} is longer than {SCORED_LENGTH_FACTOR * words} words"
+        )
     loss, accuracy = teacher_forced_scores(
-        model, iterate_batches(encode_pairs(pairs, vocab), args.batch_size)
+        model, iterate_batches(encode_pairs(scored, vocab), args.batch_size)
     )
     replies: list[list[str]] = []
     with tqdm(total=len(pairs), unit="reply", desc=f"generating ({settings.method})", file=sys.stderr) as bar:

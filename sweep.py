@@ -57,8 +57,24 @@ def read_config(path: str) -> dict:
                 {"value", "values"} & set(spec) or {"min", "max"} <= set(spec)
             ):
                 raise ValueError(f"parameter {name} needs value, values, or min and max")
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as error:
-        fail(f"cannot use {path} as a sweep configuration: {error}")
+        command = config.get("command", [])
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise ValueError("command must be a list of strings")
+        for name, spec in parameters.items():
+            if "values" in spec and not (isinstance(spec["values"], list) and spec["values"]):
+                raise ValueError(f"parameter {name}: values must be a non-empty list")
+            if "min" in spec and not all(isinstance(spec.get(k), int | float) for k in ("min", "max")):
+                raise ValueError(f"parameter {name}: min and max must be numbers")
+    except (
+        OSError,
+        yaml.YAMLError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        ValueError,
+        RecursionError,
+    ) as error:
+        fail(f"cannot use {path} as a sweep configuration: {str(error)[:300]}")
     return config
 
 
@@ -151,7 +167,15 @@ def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna
             missing = getattr(error.__cause__, "name", None) or "its driver"
             fail(f"--storage {url.split(':', 1)[0]}: the database driver ({missing}) is not installed; "
                  "pip install it (PostgreSQL: psycopg[binary] or psycopg2-binary)")  # fmt: skip
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.DuplicatedStudyError) as error:
+        except sqlalchemy.exc.ArgumentError as error:  # a malformed URL: no retry will mend it
+            fail(f"--storage {url}: {str(error).strip().splitlines()[0][:200]}")
+        except RuntimeError as error:  # optuna: the database's schema is of another version
+            fail(f"cannot use the study database {url}: {str(error).strip().splitlines()[0][:200]}")
+        except (
+            sqlalchemy.exc.SQLAlchemyError,
+            optuna.exceptions.DuplicatedStudyError,
+            optuna.exceptions.StorageInternalError,  # how optuna wraps a failed commit
+        ) as error:
             failures += 1
             if failures == attempts:
                 first = (

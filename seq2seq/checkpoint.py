@@ -106,7 +106,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(
                 f"{path} is not a chatbot-seq2seq checkpoint: it holds Python objects, refused"
             ) from None
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        why = [i for i, line in enumerate(lines) if line.startswith("WeightsUnpickler error")]
+        reason = (
+            " ".join(lines[why[0] : why[0] + 2]) if why else (lines[0] if lines else type(error).__name__)
+        )
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt or truncated?): {reason[:200]}"
         ) from None
@@ -192,7 +196,7 @@ def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dic
 
 
 def _count(value) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value < 10**12  # a run counts far below that
 
 
 def _series(value) -> bool:

@@ -67,7 +67,9 @@ probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 dropout_rate = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 fraction = _checked(float, lambda v: 0.0 <= v < 0.5, "a fraction in [0, 0.5)")
 decay_factor = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
-nucleus = _checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p 0 keeps no token
+# Below these, float32 scores underflow and sampling has no token left to draw.
+nucleus = _checked(float, lambda v: 1e-6 <= v <= 1.0, "a number in [0.000001, 1]")
+temperature = _checked(float, lambda v: 1e-3 <= v <= 1e3, "a positive number in [0.001, 1000]")
 finite = _checked(float, math.isfinite, "a finite number")
 
 
@@ -142,9 +144,7 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> N
                         help="beam: Wu et al.'s alpha (0: none)")  # fmt: skip
     parser.add_argument("--no-repeat-ngram", type=non_negative_int, default=d.no_repeat_ngram,
                         help="never repeat an n-gram of this size in a reply (0: off)")  # fmt: skip
-    parser.add_argument(
-        "--temperature", type=positive_float, default=d.temperature, help="sampling temperature"
-    )
+    parser.add_argument("--temperature", type=temperature, default=d.temperature, help="sampling temperature")
     parser.add_argument("--top-k", type=non_negative_int, default=d.top_k,
                         help="sample from the k likeliest words (0: all)")  # fmt: skip
     parser.add_argument(

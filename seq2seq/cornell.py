@@ -66,7 +66,7 @@ def _decode_lines(path: Path, skipped: Counter[str]) -> list[str]:
     data = path.read_bytes()
     if not data.isascii():
         try:
-            return data.decode("utf-8").split("\n")
+            return data.decode("utf-8-sig").split("\n")
         except UnicodeDecodeError:
             pass
     try:

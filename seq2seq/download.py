@@ -31,8 +31,8 @@ RAW_DIR = "raw"
 CORNELL_MEMBERS = ("movie_lines.txt", "movie_conversations.txt")
 CONVOKIT_MEMBERS = ("utterances.jsonl",)
 BUILT_FILES = ("train.txt", "val.txt", "test.txt", "vocab.json", "stats.json")
-MAX_CORPUS_BYTES = 2**30  # the corpus files of a zip unpack to at most this (Cornell's: 40 MiB)
-MAX_RATIO = 50  # nor more than this times their compressed size (Cornell's: about 4)
+MAX_ZIP_BYTES = 2**30  # a corpus zip unpacks to at most this (Cornell's: about 40 MiB)
+MAX_RATIO = 50  # nor more than this times its compressed size (Cornell's: about 4)
 RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
@@ -139,11 +139,9 @@ def verify_zip(path: Path) -> dict[str, str]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = _corpus_members(archive)
-            infos = [archive.getinfo(member) for member in members.values()]
+            infos = [info for info in archive.infolist() if not info.is_dir()]
             size, packed = sum(i.file_size for i in infos), sum(i.compress_size for i in infos)
-            if size > MAX_CORPUS_BYTES or size > MAX_RATIO * max(
-                packed, 1
-            ):  # zipfile reads no more than that
+            if size > MAX_ZIP_BYTES or size > MAX_RATIO * max(packed, 1):  # zipfile unpacks no more than that
                 raise DataError(
                     f"it would unpack to {size / 2**20:,.0f} MiB from {packed / 2**20:,.1f} MiB, as no corpus "
                     f"does (the Cornell corpus: about 40 MiB from 10)"
@@ -220,8 +218,9 @@ def prepare_data(
         if built_settings(previous) == vars(settings) and complete and not force:
             return previous | {"skipped_build": True}
         stats_path.unlink(missing_ok=True)  # the old build stops counting as finished from here on
-        if source is None and previous and previous.get("corpus") and Path(previous["corpus"]).is_dir():
-            source = previous["corpus"]  # rebuild from the corpus the last build read
+        corpus_before = (previous or {}).get("corpus")
+        if source is None and isinstance(corpus_before, str) and Path(corpus_before).is_dir():
+            source = corpus_before  # rebuild from the corpus the last build read
         corpus = locate_corpus(data_dir, source, url, force)
         start = time.perf_counter()
         conversations, skipped = read_corpus(corpus)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,10 +34,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def _temporary_of_a_dead_process(path: Path) -> bool:
     """Whether `path` is one of atomic_path's temporaries (".NAME.PID.tmp") whose process is gone."""
     parts = path.name.split(".")
-    if len(parts) < 4 or parts[0] or parts[-1] != "tmp" or not parts[-2].isdigit():
+    pid = parts[-2] if len(parts) >= 4 else ""
+    if parts[0] or parts[-1] != "tmp" or not (pid.isascii() and pid.isdigit()) or not 0 < int(pid) < 2**22:
         return False
     try:
-        os.kill(int(parts[-2]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except OSError:  # alive, but another user's
@@ -80,6 +83,12 @@ def claimed_folder(folder: str | Path) -> Iterator[Path]:
             raise FolderError(
                 f"{folder}/ is in use by another training run; wait for it or choose another --save-dir"
             ) from None
+        except OSError as error:  # a file system without locks (some NFS, CIFS, Lustre mounts)
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise FolderError(f"cannot lock {folder}/: {error.strerror or error}") from None
+            print(
+                f"note: {folder}/ cannot be locked here, so nothing stops a second run on it", file=sys.stderr
+            )
         remove_stale_temporaries(folder)
         yield folder
     finally:

@@ -24,11 +24,18 @@ from .checkpoint import (
 )
 from .cornell import CorpusError, PairSettings, read_pairs
 from .devices import resolve_device, resolve_precision
-from .download import build_data
-from .files import claimed_folder
+from .download import build_data, built_settings, read_stats
+from .files import FolderError, claimed_folder
 from .model import Seq2Seq
 from .tracking import WandbLogger
-from .training import Trainer, TrainingError, TrainStep, make_optimizer, plot_losses
+from .training import (
+    Trainer,
+    TrainingError,
+    TrainStep,
+    make_optimizer,
+    plot_losses,
+    without_run_end_validation,
+)
 from .vocab import SPECIAL_TOKENS, Vocabulary
 
 SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
@@ -56,15 +63,26 @@ def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:
 
 def check_pairs(saved: dict, flags: dict) -> None:
     """A resumed run trains on pairs cut as its checkpoint's were, unless flags given now say
-    otherwise (which rebuilds data/ as they say): data/ as it is built must match."""
-    pairs = config.pair_settings(flags)
-    for flag, field in config.PAIR_FLAGS.items():
-        if flag in saved and flags[flag] is None and getattr(pairs, field) != saved[flag]:
-            name = f"--{flag.replace('_', '-')}"
-            raise CorpusError(
-                f"{flags['data_dir']}/ is cut with {name} {getattr(pairs, field)}, the resumed run with "
-                f"{name} {saved[flag]}: give {name} {saved[flag]} to rebuild it so, or --data-dir of such a build"
-            )
+    otherwise (which rebuilds data/ as they say): data/ as it is built must match. (Longer
+    training pairs matter only with --long-pairs.)"""
+    data_dir, pairs = flags["data_dir"], config.pair_settings(flags)
+    differ = [(flag, getattr(pairs, field), saved[flag]) for flag, field in config.PAIR_FLAGS.items()
+              if flag in saved and flags[flag] is None and getattr(pairs, field) != saved[flag]
+              and (flag != "train_max_length" or flags["long_pairs"])]  # fmt: skip
+    if not differ:
+        return
+    spell = lambda flag, value: f"--{flag.replace('_', '-')} {value}"  # noqa: E731
+    wanted = " ".join(spell(flag, then) for flag, _, then in differ)
+    built = built_settings(read_stats(Path(data_dir) / "stats.json")) is not None
+    now = ", ".join(spell(flag, value) for flag, value, _ in differ)
+    where = f"{data_dir}/ is cut with {now}" if built else f"{data_dir}/ is not built"
+    moved = saved.get("data_dir") not in (None, data_dir)
+    hint = (
+        f" (it was trained on --data-dir {saved['data_dir']!r}: paths are not taken from a checkpoint)"
+        if moved
+        else ""
+    )
+    raise CorpusError(f"{where}, the resumed run's pairs with {wanted}{hint}: give {wanted} to build it so")
 
 
 def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
@@ -111,7 +129,12 @@ def build(cfg: config.RunConfig, model: Seq2Seq, vocab: Vocabulary, train: list[
     rates = (opt.learning_rate, opt.learning_rate * opt.decoder_learning_ratio)
     optimizer = make_optimizer(model, opt.optimizer, opt.learning_rate, opt.decoder_learning_ratio)
     step = TrainStep(model, optimizer, opt.clip, cfg.machine.precision, opt.label_smoothing)
-    state = restore_training(checkpoint, optimizer, step.scaler) if checkpoint else None
+    state = None
+    if checkpoint:
+        saved_interval = checkpoint["config"]["loop"].get("eval_every", loop.eval_every)
+        state = without_run_end_validation(
+            restore_training(checkpoint, optimizer, step.scaler), saved_interval
+        )
     for group, lr in zip(optimizer.param_groups, rates):
         group["lr"] = lr  # a resumed run may be given new rates
     if world.size > 1:  # dropout masks differ between ranks (and after a resume, which restored one state)
@@ -131,15 +154,22 @@ def train(flags: dict, checkpoint: dict | None = None, observers: tuple = ()) ->
         world, device = distributed.init_from_env(resolve_device(flags["device"]))
     except ValueError as error:  # e.g. torchrun with MPS, or more local ranks than GPUs
         raise TrainingError(str(error)) from None
-    logger = WandbLogger(flags) if flags["use_wandb"] and world.is_main else None
     with ExitStack() as finally_:
+        problem = None
+        if world.is_main:  # the folder is writable and this run's alone, before any work is done
+            try:
+                finally_.enter_context(claimed_folder(flags["save_dir"]))
+            except FolderError as error:
+                problem = str(error)
+        problem = distributed.from_main(problem)  # every rank stops, not only the one that knows
+        if problem:
+            raise FolderError(problem)
+        logger = WandbLogger(flags) if flags["use_wandb"] and world.is_main else None
         if logger:
             finally_.callback(lambda: logger.finish(flags["plot"]))
         flags = distributed.from_main({**flags, **(logger.agent_values if logger else {})})  # rank 0's run
         if checkpoint:
             check_unchanged(saved_flags(checkpoint), flags)  # nor may a sweep agent change them
-        if world.is_main:  # the folder is writable and this run's alone, before any work is done
-            finally_.enter_context(claimed_folder(flags["save_dir"]))
         trainer, cfg, sample_queries = _build_run(flags, checkpoint, world, device)
         if logger:
             logger.watch(trainer, sample_queries, cfg)  # first, so it sees the validation a pruner stops on

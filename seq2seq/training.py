@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -153,22 +155,22 @@ class _Window:
     tokens: int = 0
 
 
-def _as_at_a_regular_point(state: TrainState, eval_every: int) -> TrainState:
-    """`state` without the validation a run makes when it ends before its first regular one (so
-    that best_model.pth always exists): a run that goes on validates at multiples of
-    `eval_every` only, and the best loss, the patience count and the learning-rate schedule
-    must see exactly the validations an unbroken run sees."""
-    regular = [entry for entry in state.history["val"] if entry[0] % eval_every == 0]
-    if len(regular) == len(state.history["val"]):
+def without_run_end_validation(state: TrainState, eval_every: int) -> TrainState:
+    """`state` without the validation its run made because it ended before its first regular one
+    (so that best_model.pth always exists; `eval_every` is that run's). A run that goes on
+    validates at multiples of its own interval only, and its best loss, patience count and
+    learning-rate schedule must see exactly the validations an unbroken run sees."""
+    val = state.history["val"]
+    if not val or val[-1][0] != state.iteration or state.iteration % eval_every == 0:
         return state
     best, best_iteration, without = math.inf, 0, 0
-    for iteration, loss in regular:
+    for iteration, loss in val[:-1]:
         if loss < best:
             best, best_iteration, without = loss, iteration, 0
         else:
             without += 1
-    clock = [entry for entry in state.clock if entry[0] % eval_every == 0]
-    history = {**state.history, "val": regular}
+    clock = state.clock[:-1] if state.clock and state.clock[-1][0] == state.iteration else state.clock
+    history = {**state.history, "val": val[:-1]}
     return dataclasses.replace(state, best_val_loss=best, best_iteration=best_iteration,
                                evals_without_improvement=without, history=history, clock=clock)  # fmt: skip
 
@@ -196,7 +198,7 @@ class Trainer:
         """`config` is what checkpoints record of the run (config.RunConfig.to_dict())."""
         self.step, self.vocab, self.examples, self.val_batches = step, vocab, train_examples, val_batches
         self.loop, self.save_dir, self.config = loop, Path(save_dir), config
-        self.state = _as_at_a_regular_point(state, loop.eval_every) if state else TrainState()
+        self.state = state or TrainState()
         self.observers = list(observers)
         self.world = step.world
         lengths = [(len(src), len(tgt)) for src, tgt in train_examples] if loop.bucket_pool else None
@@ -230,7 +232,11 @@ class Trainer:
                 RuntimeError,
             ) as error:  # a full disk reaches torch.save's writer as a RuntimeError
                 cause = error.__cause__ or error.__context__ or error
-                reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0][:200]
+                reason = (
+                    getattr(cause, "strerror", None) or (str(cause).strip().splitlines() or ["?"])[0][:200]
+                )
+                if shutil.disk_usage(self.save_dir).free < 2**20:  # torch's writer names no cause
+                    reason = f"the disk is full: {reason}"
                 raise TrainingError(
                     f"cannot write {path} ({reason}); the checkpoints written before are intact"
                 ) from None
@@ -263,7 +269,12 @@ class Trainer:
                 handler(*args)
 
     def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C stops at once, without saving
+        if signum == signal.SIGHUP:  # the terminal is gone: writing to it would fail the save
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for fd in (1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+        elif signum == signal.SIGINT and self._stop_requested:  # a second Ctrl-C stops at once, unsaved
             raise KeyboardInterrupt
         self._stop_requested = True
 

@@ -153,8 +153,10 @@ class Vocabulary:
         words, counts = data["words"], data["counts"]
         if not (isinstance(words, list) and isinstance(counts, list)) or len(words) != len(counts):
             raise ValueError("vocabulary data is inconsistent (words and counts differ)")
-        if len(set(words)) != len(words) or set(words) & set(SPECIAL_TOKENS):
+        if len(set(words)) != len(words):
             raise ValueError("vocabulary data is inconsistent (duplicate words)")
+        if set(words) & set(SPECIAL_TOKENS):
+            raise ValueError("vocabulary data lists a special token among its words")
         for word in words:
             if not isinstance(word, str) or not word or normalize(word) != word or " " in word:
                 raise ValueError(f"vocabulary holds {ascii(word)[:40]}, which is not a normalised word")

@@ -162,7 +162,11 @@ def test_a_resumed_checkpoint_steers_no_path_and_rebuilds_no_data(pair_dir, tmp_
     with pytest.raises(SystemExit):
         tiny_run(pair_dir, tmp_path / "run", "--resume", str(tmp_path / "hostile.pth"), "--iterations", "4")
     err = capsys.readouterr().err
-    assert "is cut with --max-length 10, the resumed run with --max-length 12" in err and err.count("\n") == 1
+    assert (
+        "is cut with --max-length 10, --min-count 1, the resumed run's pairs with --max-length 12 --min-count 2"
+        in err
+    )
+    assert "trained on --data-dir" in err and err.count("\n") == 1
     assert (pair_dir / "stats.json").read_text() == built and not elsewhere.exists()
     checkpoint["config"]["pairs"].update(max_length=10, min_count=1)  # pairs as data/ holds them
     save_checkpoint(tmp_path / "hostile.pth", {k: v for k, v in checkpoint.items() if k != "format"})

@@ -87,15 +87,18 @@ def test_malformed_file_names_the_line(trained_checkpoint, tmp_path):
     assert "bad.txt:2:" in result.stderr and result.stderr.strip().count("\n") == 0
 
 
-def test_long_lines_are_cut_to_what_the_model_read_and_counted(trained_checkpoint, tmp_path):
+def test_long_queries_are_cut_and_long_references_left_out_of_the_scores_and_counted(
+    trained_checkpoint, tmp_path
+):
     write_pairs(
-        tmp_path / "long.txt", [("hello " * 5000 + ".", "hi there ."), ("how are you ?", "i'm " * 50 + ".")]
+        tmp_path / "long.txt", [("hello " * 5000 + ".", "hi there ."), ("how are you ?", "i'm " * 5000 + ".")]
     )
     r = run(trained_checkpoint, tmp_path / "long.txt")
-    assert r["cut"] == {"queries": 1, "references": 1} and r["pairs"] == 2
+    assert r["cut"] == {"queries": 1, "references_not_scored": 1} and r["pairs"] == 2
 
 
-@pytest.mark.parametrize("flags, message", [(["--top-p", "0"], "expected a number in (0, 1]"),
+@pytest.mark.parametrize("flags, message", [(["--top-p", "0"], "expected a number in [0.000001, 1]"),
+                                            (["--temperature", "1e-300"], "expected a positive number in [0.001, 1000]"),
                                             (["--length-penalty", "nan"], "expected a finite number")])  # fmt: skip
 def test_decoding_flags_that_would_break_decoding_are_refused_in_one_line(
     trained_checkpoint, tmp_path, flags, message

@@ -237,8 +237,9 @@ def test_workers_started_together_on_a_fresh_postgres_database_share_one_study(p
     workers = [subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *flags, "--images", str(tmp_path / f"i{n}")],
                                 cwd=tmp_path, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for n in range(3)]  # fmt: skip
-    results = [(w.wait(timeout=300), w.stderr.read()) for w in workers]
-    for code, stderr in results:
+    results = [(w.communicate(timeout=300)[1], w) for w in workers]
+    for stderr, worker in results:
+        code = worker.returncode
         assert code == 0 and "Traceback" not in stderr, stderr[-2000:]
     import optuna
 

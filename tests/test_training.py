@@ -270,8 +270,9 @@ def test_script_builds_missing_data_then_trains_and_plots(corpus, tmp_path):
     assert "best validation loss" in result.stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, sig):
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGHUP, signal.SIGHUP]])
+def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, signals):
+    """Ctrl-C, SIGTERM and a closed terminal (which sends SIGHUP, often twice) all save first."""
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *TINY_FLAGS, "--iterations", "100000", "--data-dir", str(pair_dir),
          "--save-dir", str(tmp_path), "--save-every", "1", "--eval-every", "100000"],
@@ -281,10 +282,13 @@ def test_interrupt_saves_last_checkpoint(pair_dir, tmp_path, sig):
     while not (tmp_path / "last.pth").exists():  # written after the first iteration, inside the loop
         assert time.time() < deadline and process.poll() is None, process.communicate()[1][-500:]
         time.sleep(0.1)
-    process.send_signal(sig)
+    for sig in signals:
+        process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-500:]
-    assert "interrupted at iteration" in stdout and "Traceback" not in stderr
+    assert "Traceback" not in stderr and "second Ctrl-C" not in stderr  # a second SIGHUP is no Ctrl-C
+    if signal.SIGHUP not in signals:  # after SIGHUP the terminal is gone, and output goes nowhere
+        assert "interrupted at iteration" in stdout
     last = load_checkpoint(tmp_path / "last.pth")
     assert last["iteration"] > 0 and (tmp_path / "best_model.pth").exists()
 
@@ -374,3 +378,9 @@ def test_a_run_stopped_before_its_first_validation_resumes_exactly(pair_dir, tmp
     assert a["history"] == b["history"] and a["best_iteration"] == b["best_iteration"]
     assert a["evals_without_improvement"] == b["evals_without_improvement"]
     assert [it for it, _ in b["clock"]] == [3, 6, 9]
+
+
+def test_resuming_with_another_eval_every_keeps_the_validations_made(pair_dir, tmp_path):
+    tiny_run(pair_dir, tmp_path, "--iterations", "8", "--eval-every", "4")
+    tiny_run(pair_dir, tmp_path, "--resume", "--iterations", "9", "--eval-every", "3")
+    assert [it for it, _ in load_checkpoint(tmp_path / "last.pth")["history"]["val"]] == [4, 8, 9]
