@@ -283,12 +283,28 @@ def _check_shapes(config: ModelConfig, weights: dict) -> None:
             )
 
 
-def load_for_inference(path: str | Path, device: str, precision: str) -> tuple[Seq2Seq, Vocabulary, dict]:
+def is_backward(checkpoint: dict) -> bool:
+    """Whether a checkpoint models p(query | reply) (train.py --reverse) rather than replies."""
+    return checkpoint["config"].get("data", {}).get("reverse", False)
+
+
+def load_for_inference(
+    path: str | Path, device: str, precision: str, backward: bool = False
+) -> tuple[Seq2Seq, Vocabulary, dict]:
     """The checkpoint at `path` as an eval-mode model on `device` in `precision` (auto, fp32,
-    bf16), its vocabulary and the checkpoint itself. Raises CheckpointError or DeviceError."""
+    bf16), its vocabulary and the checkpoint itself; it must be a backward model if and only if
+    `backward`. Raises CheckpointError or DeviceError."""
     where = resolve_device(device)
     precision, _ = resolve_precision(precision, where)
     checkpoint = load_checkpoint(path, map_location=where)
+    if is_backward(checkpoint) != backward:
+        kind = (
+            "a backward model (train.py --reverse: it scores queries from replies)"
+            if not backward
+            else "a forward model"
+        )
+        wanted = "a forward one, trained without --reverse" if not backward else "one trained with --reverse"
+        raise CheckpointError(f"{path} is {kind}; give {wanted}")
     model, vocab = build_model(checkpoint, where)
     if precision == "bf16":
         model.to(torch.bfloat16)

@@ -48,7 +48,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 TUTORIAL = dict(iterations=4000, batch_size=64, optimizer="adam", learning_rate=1e-4, decoder_learning_ratio=5.0,
                 clip=50.0, teacher_forcing_ratio=1.0, hidden_size=500, encoder_layers=2, decoder_layers=2,
                 attn_model="dot", dropout=0.1, input_dropout=0.0, output_dropout=0.0, tie_embeddings=False,
-                label_smoothing=0.0, warmup=0, lr_decay=1.0, patience=0, long_pairs=False, bucket_pool=0,
+                label_smoothing=0.0, warmup=0, lr_decay=1.0, patience=0, long_pairs=False, reverse=False, bucket_pool=0,
                 eval_every=250, save_every=500, seed=0)  # fmt: skip
 RECIPES = {
     "tuned": {
@@ -85,7 +85,7 @@ NOT_RESUMED = ("resume", "epochs", "device", "num_threads", "compile", "save_dir
                "use_wandb", "wandb_project", "wandb_entity", "wandb_mode", "data_dir", *PAIR_FLAGS)  # fmt: skip
 # Flags that cannot change on resume, and what they are.
 FIXED_ON_RESUME = {**{f.name: "the architecture" for f in fields(ModelConfig) if f.name != "vocab_size"},
-                   "optimizer": "the optimizer"}  # fmt: skip
+                   "optimizer": "the optimizer", "reverse": "the direction"}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +117,7 @@ class DataSettings:
     source: str | None
     url: str
     long_pairs: bool  # also train on the pairs longer than max_length that train.txt holds
+    reverse: bool  # train p(query | reply): every pair read with its sides swapped (a backward model)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +234,9 @@ def make_parser(defaults: dict | None = None) -> ArgumentParser:
     p.add_argument("--long-pairs", type=boolean, nargs="?", const=True, metavar="BOOL",
                    help="also train on the pairs longer than --max-length that train.txt holds "
                    "(download_data.py --train-max-length); validation is unchanged")  # fmt: skip
+    p.add_argument("--reverse", type=boolean, nargs="?", const=True, metavar="BOOL",
+                   help="train the backward model p(query | reply): every training and validation pair with "
+                   "its sides swapped")  # fmt: skip
     p.add_argument("--label-smoothing", type=dropout_rate,
                    help="training targets' smoothing (validation loss stays plain cross-entropy)")  # fmt: skip
     p.add_argument("--warmup", type=non_negative_int, help="iterations over which learning rates rise from 0")

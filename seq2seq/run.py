@@ -85,6 +85,11 @@ def check_pairs(saved: dict, flags: dict) -> None:
     raise CorpusError(f"{where}, the resumed run's pairs with {wanted}{hint}: give {wanted} to build it so")
 
 
+def directed(pairs: list[tuple[str, str]], reverse: bool) -> list[tuple[str, str]]:
+    """The pairs as the model learns them: (query, reply), or (reply, query) for a backward model."""
+    return [(reply, query) for query, reply in pairs] if reverse else pairs
+
+
 def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
     """Build data/ if it is missing or cut differently from the flags (rank 0 of each machine
     builds, the others wait); return the pair settings it was cut with, the vocabulary
@@ -105,14 +110,14 @@ def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
                 f"cannot use {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
             ) from None
     longest = max(pairs.train_max_length, pairs.max_length) if flags["long_pairs"] else pairs.max_length
-    train = encode_pairs(read_pairs(data_dir / "train.txt"), vocab, longest)
+    train = encode_pairs(directed(read_pairs(data_dir / "train.txt"), flags["reverse"]), vocab, longest)
     if flags["long_pairs"] and pairs.train_max_length <= pairs.max_length and world.is_main:
         print(
             f"note: --long-pairs, but {data_dir}/ holds no training pairs longer than --max-length "
             f"{pairs.max_length}; rebuild it with --train-max-length {PairSettings().train_max_length} to train on them",
             file=sys.stderr,
         )
-    val_pairs = read_pairs(data_dir / "val.txt")
+    val_pairs = directed(read_pairs(data_dir / "val.txt"), flags["reverse"])
     val = encode_pairs(val_pairs, vocab, pairs.max_length)
     if not val:
         raise CorpusError(

@@ -384,3 +384,29 @@ def test_resuming_with_another_eval_every_keeps_the_validations_made(pair_dir, t
     tiny_run(pair_dir, tmp_path, "--iterations", "8", "--eval-every", "4")
     tiny_run(pair_dir, tmp_path, "--resume", "--iterations", "9", "--eval-every", "3")
     assert [it for it, _ in load_checkpoint(tmp_path / "last.pth")["history"]["val"]] == [4, 8, 9]
+
+
+def test_reverse_swaps_the_sides_of_training_and_validation_pairs(pair_dir):
+    from seq2seq import config, distributed
+    from seq2seq.run import load_data
+
+    forward = load_data(config.layer({"data_dir": str(pair_dir)}), None, distributed.current())
+    backward = load_data(
+        config.layer({"data_dir": str(pair_dir), "reverse": True}), None, distributed.current()
+    )
+    for f, b in ((forward[2], backward[2]), (forward[3], backward[3])):  # training and validation examples
+        assert sorted(b) == sorted((reply, query) for query, reply in f)
+    assert backward[4] == [reply for _, reply in read_pairs(pair_dir / "val.txt")[:5]]  # W&B's sample queries
+
+
+def test_a_backward_model_is_refused_as_a_forward_one_and_its_direction_is_kept(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2", "--reverse")
+    assert load_checkpoint(tmp_path / "last.pth")["config"]["data"]["reverse"] is True
+    result = run_script("evaluate.py", "--model-path", str(tmp_path / "best_model.pth"), "--test-data",
+                        str(pair_dir / "test.txt"), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "is a backward model (train.py --reverse" in result.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tiny_run(pair_dir, tmp_path, "--resume", "--reverse=false")
+    assert "the direction cannot change on resume" in capsys.readouterr().err
