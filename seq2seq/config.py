@@ -5,7 +5,7 @@ defaults of their own. A run's values are resolved in one order, each step overr
 before it:
 
     1. the recipe (--recipe, or the one the checkpoint being resumed was trained with);
-    2. the flags saved in that checkpoint, except those about this machine and invocation;
+    2. the flags saved in that checkpoint, except paths, data flags and this machine's (NOT_RESUMED);
     3. the flags given now;
     4. a W&B sweep agent's values (tracking.WandbLogger);
     5. pair-cutting flags still unset: as data/ was built (data/stats.json), else PairSettings';
