@@ -1,6 +1,7 @@
-"""Turning a trained model's scores into replies: greedy search, beam search and sampling.
+"""Turning a trained model's scores into replies: greedy search, beam search (plain or diverse),
+sampling, and MMI reranking of a beam's hypotheses.
 
-All three are batched (no Python loop over batch items) and stop as soon as every sequence has
+All are batched (no Python loop over batch items or hypotheses) and stop as soon as every sequence has
 produced EOS. They share one step function and one place that adjusts the next-token scores:
 PAD, SOS and UNK are never produced, EOS is held back until `min_length`, and with
 `no_repeat_ngram = n` no n-gram appears twice in a reply (OpenNMT's and fairseq's n-gram
@@ -10,32 +11,66 @@ Beam search ranks hypotheses by log-probability divided by the length penalty of
 "Google's Neural Machine Translation System": lp(Y) = ((5 + |Y|) / 6) ** alpha, where |Y| counts
 the reply's tokens including EOS. alpha = 0 ranks by raw log-probability (which favours short,
 generic replies); alpha = 1 is close to the average log-probability per token.
+
+Diverse beam search (Vijayakumar et al. 2016, "Diverse Beam Search", arXiv 1610.02424) splits the
+beams into G groups that advance one after another at each step; a group's candidates lose
+`diversity_strength` for every earlier group's beam that chose the same word at this step
+(their Hamming diversity). With G = 1 it is plain beam search.
+
+MMI-bidi reranking (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+Conversation Models", arXiv 1510.03055) orders the final beams by
+(1 - lambda) log p(T|S) + lambda log p(S|T) + gamma |T|: a backward model (train.py --reverse)
+scores how well each reply predicts the query, which generic replies ("i don't know.") do
+badly. Every hypothesis of every query is scored in one teacher-forced pass; one cut at
+max_length competes only when none of its query's hypotheses ended.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .batching import collate
+from .batching import Batch, collate
+from .kernels import layout
 from .model import Memory, Seq2Seq
 from .vocab import EOS, PAD, SOS, UNK, Vocabulary, words_within
 
 METHODS = ("greedy", "beam", "sample")
+RERANKERS = ("none", "mmi")
 NEVER_GENERATED = (PAD, SOS, UNK)
+# Decoding with MMI reranking, unless a flag says otherwise: chosen on the validation split by
+# benchmarks/reply_quality.py (README, "Conversation quality").
+MMI_DEFAULTS = {
+    "n_best": 10,
+    "beam_groups": 1,
+    "diversity_strength": 0.5,
+    "mmi_weight": 0.5,
+    "length_bonus": 0.0,
+}
 
 
-@dataclass
+class DecodingError(ValueError):
+    """Settings that cannot decode, said in one line."""
+
+
+@dataclass(frozen=True)
 class DecodeSettings:
     method: str = "greedy"
     max_length: int = 10  # tokens, EOS included
     min_length: int = 1  # tokens before EOS may be produced
     beam_size: int = 5
     length_penalty: float = 0.6  # Wu et al.'s alpha; 0 = raw log-probability
-    n_best: int = 1
+    n_best: int = 1  # hypotheses returned; the beam holds at least this many
+    beam_groups: int = 1  # diverse beam search's G; 1 = plain beam search
+    diversity_strength: float = 0.5  # penalty per earlier group's beam on the same word
+    rerank: str = "none"  # "mmi": reorder the final beams with a backward model
+    mmi_weight: float = MMI_DEFAULTS["mmi_weight"]  # lambda: weight of log p(S|T) against log p(T|S)
+    length_bonus: float = MMI_DEFAULTS["length_bonus"]  # gamma: added per word of the reply
     no_repeat_ngram: int = 0  # 0 = off
     temperature: float = 1.0
     top_k: int = 0  # 0 = whole vocabulary
@@ -43,13 +78,39 @@ class DecodeSettings:
     seed: int | None = None
 
     def __post_init__(self):
+        """Settings that cannot decode are refused here, so a script can say so in one line."""
         if self.method not in METHODS:
-            raise ValueError(f"decoding method must be one of {METHODS}, got {self.method!r}")
+            raise DecodingError(f"decoding method must be one of {METHODS}, got {self.method!r}")
+        if self.rerank not in RERANKERS:
+            raise DecodingError(f"reranker must be one of {RERANKERS}, got {self.rerank!r}")
+        if self.rerank != "none" and self.method != "beam":
+            raise DecodingError("MMI reranks a beam search's hypotheses: use --decoding beam")
+        if self.width % self.beam_groups:
+            raise DecodingError(
+                f"--beam-groups {self.beam_groups} does not divide the beam of {self.width} (--beam-size, "
+                "or --n-best when larger)"
+            )
+        if not 0.0 <= self.mmi_weight <= 1.0:
+            raise DecodingError(f"the MMI weight must be in [0, 1], got {self.mmi_weight}")
+
+    @property
+    def width(self) -> int:
+        """Beams kept: --beam-size, widened to the n-best list asked for."""
+        return max(self.beam_size, self.n_best)
 
 
 class Replies(NamedTuple):
     tokens: Tensor  # (B, n, L) ids, EOS-terminated, PAD after; n = n_best for beam, else 1
-    scores: Tensor  # (B, n) summed log-probabilities (beam: divided by the length penalty)
+    scores: Tensor  # (B, n) the ranking score: summed log-probabilities (beam: divided by the
+    # length penalty; MMI: the reranking score)
+
+
+class Hypotheses(NamedTuple):
+    """The final beams of a beam search, best first by length-normalised log-probability."""
+
+    tokens: Tensor  # (B, K, L) ids; a beam cut at max_length has no EOS
+    log_prob: Tensor  # (B, K) log p(T|S), summed over tokens, EOS included (-inf: a dead beam)
+    ranked: Tensor  # (B, K) log_prob / length penalty
 
 
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
@@ -95,32 +156,48 @@ def _sample(scores: Tensor, settings: DecodeSettings, generator: torch.Generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@torch.no_grad()
-def decode(model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings) -> Replies:
-    """Replies to a batch of encoded queries (src (B, S) on the model's device).
-
-    The model decodes in eval mode (no dropout) and is handed back in the mode it came in.
-    """
-    was_training = model.training
-    model.eval()
+@contextmanager
+def _evaluating(*models: Seq2Seq | None) -> Iterator[None]:
+    """Decode in eval mode (no dropout) and hand each model back in the mode it came in."""
+    modes = [(m, m.training) for m in models if m is not None]
+    for m, _ in modes:
+        m.eval()
     try:
-        return _greedy_or_sample(model, src, lengths, settings)
+        with torch.no_grad():
+            yield
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.train(mode)
 
 
-def _greedy_or_sample(model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings) -> Replies:
-    memory, hidden = model.encode(src, lengths)
+def decode(
+    model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings, backward: Seq2Seq | None = None
+) -> Replies:
+    """Replies to a batch of encoded queries (src (B, S) on the model's device); MMI reranking
+    needs the `backward` model, p(query | reply)."""
     if settings.method == "beam":
-        return _beam_search(model, memory, hidden, settings)
+        hypotheses = beam_hypotheses(model, src, lengths, settings)
+        if settings.rerank == "none":
+            return best(hypotheses.tokens, hypotheses.ranked, settings.n_best)
+        if backward is None:
+            raise DecodingError("MMI reranking needs a backward model")
+        query_given_reply = backward_log_prob(backward, src, lengths, hypotheses.tokens)
+        score = mmi_score(hypotheses, query_given_reply, settings.mmi_weight, settings.length_bonus)
+        return best(hypotheses.tokens, score, settings.n_best)
+    with _evaluating(model):
+        memory, hidden = model.encode(src, lengths)
+        return _greedy_or_sample(model, memory, hidden, settings)
+
+
+def _greedy_or_sample(model: Seq2Seq, memory: Memory, hidden: Tensor, settings: DecodeSettings) -> Replies:
+    batch, device = memory.values.size(0), memory.values.device
     generator = None  # greedy, or sampling from a seeded generator of its own
     if settings.method == "sample" and settings.seed is not None:
-        generator = torch.Generator(device=src.device).manual_seed(settings.seed)
-    batch = src.size(0)
-    history = torch.empty(batch, 0, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    total = torch.zeros(batch, device=src.device)
-    token = torch.full((batch, 1), SOS, dtype=torch.long, device=src.device)
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    history = torch.empty(batch, 0, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    total = torch.zeros(batch, device=device)
+    token = torch.full((batch, 1), SOS, dtype=torch.long, device=device)
     for _ in range(settings.max_length):
         logits, hidden, _ = model.decoder(token, hidden, memory)
         scores = next_token_scores(logits[:, -1], history, settings)
@@ -135,56 +212,137 @@ def _greedy_or_sample(model: Seq2Seq, src: Tensor, lengths: Tensor, settings: De
     return Replies(history.unsqueeze(1), total.unsqueeze(1))
 
 
-def _beam_search(model: Seq2Seq, memory: Memory, hidden: Tensor, settings: DecodeSettings) -> Replies:
-    """Batched beam search over B queries × K beams, flattened to B·K rows.
+def beam_hypotheses(model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings) -> Hypotheses:
+    """Batched beam search over B queries × K beams (in G groups), flattened to B·K rows.
 
     A finished beam stays in the beam with its score frozen (it can only be extended by PAD, at
     no cost), so all beams of all queries advance together as one tensor.
     """
-    batch, k, device = memory.values.size(0), settings.beam_size, memory.values.device
+    with _evaluating(model):
+        memory, hidden = model.encode(src, lengths)
+        return _beam_search(model, memory, hidden, settings)
+
+
+def _beam_search(model: Seq2Seq, memory: Memory, hidden: Tensor, settings: DecodeSettings) -> Hypotheses:
+    batch, k, device = memory.values.size(0), settings.width, memory.values.device
+    groups = settings.beam_groups
+    size = k // groups
     expand = torch.arange(batch, device=device).repeat_interleave(k)
     memory = Memory(*(t[expand] for t in memory))
     hidden = hidden[:, expand]
-    raw = torch.full((batch, k), float("-inf"), device=device)
-    raw[:, 0] = 0.0  # at the start only one beam is real
-    length = torch.zeros(batch, k, device=device)
-    finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    raw = torch.full((batch, groups, size), float("-inf"), device=device)
+    raw[:, :, 0] = 0.0  # at the start only one beam of each group is real
+    length = torch.zeros(batch, groups, size, device=device)
+    finished = torch.zeros(batch, groups, size, dtype=torch.bool, device=device)
     history = torch.empty(batch * k, 0, dtype=torch.long, device=device)
     token = torch.full((batch * k, 1), SOS, dtype=torch.long, device=device)
+    # the row of each group's first beam among the B·K rows
+    first_row = (torch.arange(batch, device=device).view(-1, 1, 1) * k
+                 + torch.arange(groups, device=device).view(1, -1, 1) * size)  # fmt: skip
     for _ in range(settings.max_length):
         logits, hidden, _ = model.decoder(token, hidden, memory)
-        scores = next_token_scores(logits[:, -1], history, settings).view(batch, k, -1)
+        scores = next_token_scores(logits[:, -1], history, settings).view(batch, groups, size, -1)
         vocab_size = scores.size(-1)
         # a finished beam may only continue with PAD, keeping its score
-        frozen = torch.full_like(scores[0, 0], float("-inf"))
+        frozen = torch.full_like(scores[0, 0, 0], float("-inf"))
         frozen[PAD] = 0.0
         scores = torch.where(finished.unsqueeze(-1), frozen, scores)
-        candidate_raw = raw.unsqueeze(-1) + scores  # (B, K, V)
+        candidate_raw = raw.unsqueeze(-1) + scores  # (B, G, K/G, V)
         candidate_length = (length + (~finished).float()).unsqueeze(-1).expand_as(candidate_raw)
         ranked = candidate_raw / length_penalty(candidate_length, settings.length_penalty)
-        top = ranked.view(batch, -1).topk(k, dim=-1).indices  # (B, K)
+        top = _choose(ranked, settings.diversity_strength)  # (B, G, K/G) into each group's K/G·V
         beam, choice = top // vocab_size, top % vocab_size
-        raw = candidate_raw.view(batch, -1).gather(1, top)
-        length = candidate_length.reshape(batch, -1).gather(1, top)
-        rows = (beam + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)
+        raw = candidate_raw.flatten(2).gather(2, top)
+        length = candidate_length.flatten(2).gather(2, top)
+        rows = (beam + first_row).view(-1)
         hidden = hidden[:, rows]
         history = torch.cat([history[rows], choice.view(-1, 1)], dim=1)
         # a beam is done at EOS, or dead when nothing allowed was left to extend it with
-        finished = finished.gather(1, beam) | (choice == EOS) | raw.isinf()
+        finished = finished.gather(2, beam) | (choice == EOS) | raw.isinf()
         if finished.all():
             break
         token = choice.view(-1, 1)
-    final = raw / length_penalty(length, settings.length_penalty)
-    n = min(settings.n_best, k)
-    best = final.topk(n, dim=-1)
-    rows = (best.indices + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)
-    tokens = history[rows].view(batch, n, -1)
-    width = int((tokens != PAD).sum(-1).max())  # drop columns that only pad the kept replies
-    return Replies(tokens[..., :width], best.values)
+    raw, length = raw.view(batch, k), length.view(batch, k)
+    ranked, order = (raw / length_penalty(length, settings.length_penalty)).sort(dim=-1, descending=True)
+    rows = (order + torch.arange(batch, device=device).unsqueeze(1) * k).view(-1)
+    return Hypotheses(history[rows].view(batch, k, -1), raw.gather(1, order), ranked)
+
+
+def _choose(ranked: Tensor, diversity_strength: float) -> Tensor:
+    """Each group's K/G best candidates (B, G, K/G) among its K/G·V (ranked (B, G, K/G, V)).
+
+    Groups choose in turn; a word chosen at this step by an earlier group's beam costs each
+    later group `diversity_strength` (PAD, a finished beam's only continuation, costs nothing).
+    """
+    batch, groups, size, vocab_size = ranked.shape
+    if groups == 1:
+        return ranked.flatten(2).topk(size, dim=-1).indices
+    chosen = torch.zeros(batch, vocab_size, device=ranked.device)
+    picks = []
+    for group in range(groups):
+        penalised = ranked[:, group] - diversity_strength * chosen.unsqueeze(1)
+        top = penalised.flatten(1).topk(size, dim=-1).indices  # (B, K/G)
+        words = top % vocab_size
+        chosen.scatter_add_(1, words, (words != PAD).float())
+        picks.append(top)
+    return torch.stack(picks, dim=1)
+
+
+def backward_log_prob(backward: Seq2Seq, src: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
+    """log p(S | T) (B, K): each query of `src` (B, S) given each of its hypotheses `tokens`
+    (B, K, L), under the backward model, in one teacher-forced pass over all B·K pairs.
+
+    A hypothesis cut at max_length gets the EOS the backward model saw ending every source.
+    """
+    batch, k, _ = tokens.shape
+    device = tokens.device
+    replies = torch.cat([tokens.flatten(0, 1), tokens.new_full((batch * k, 1), PAD)], dim=1)
+    reply_lengths = (replies != PAD).sum(1)
+    ended = (replies == EOS).any(1)
+    replies.scatter_(1, reply_lengths.unsqueeze(1), torch.where(ended, PAD, EOS).unsqueeze(1))
+    reply_lengths = (reply_lengths + (~ended).long()).cpu()
+    queries = src.repeat_interleave(k, dim=0)
+    query_lengths = lengths.cpu().repeat_interleave(k)
+    pairs = Batch(
+        replies, reply_lengths, queries,
+        layout(reply_lengths, replies.size(1)), layout(query_lengths, queries.size(1)),
+    ).to(device)  # fmt: skip
+    with _evaluating(backward):
+        losses, _ = backward.token_losses(pairs)
+    row = pairs.tgt_layout.index // queries.size(1)
+    total = torch.zeros(batch * k, device=device).index_add_(0, row, losses.float())
+    return -total.view(batch, k)
+
+
+def mmi_score(
+    hypotheses: Hypotheses, query_given_reply: Tensor, weight: float, length_bonus: float
+) -> Tensor:
+    """(1 - weight) log p(T|S) + weight log p(S|T) + length_bonus |T| (B, K), |T| in words.
+
+    -inf for a dead beam, and for a beam cut at max_length while another of its query ended:
+    a cut reply is not a sentence, and the length bonus would otherwise favour it."""
+    tokens = hypotheses.tokens
+    words = ((tokens != PAD) & (tokens != EOS)).sum(-1).float()
+    score = (1.0 - weight) * hypotheses.log_prob + weight * query_given_reply + length_bonus * words
+    ended = (tokens == EOS).any(-1)
+    cut = ~ended & ended.any(-1, keepdim=True)
+    return score.masked_fill(hypotheses.log_prob.isneginf() | cut, float("-inf"))
+
+
+def best(tokens: Tensor, score: Tensor, n: int) -> Replies:
+    """The `n` best of each query's hypotheses (B, K, L) by `score` (B, K), best first."""
+    top = score.topk(min(n, score.size(1)), dim=-1)
+    kept = tokens.gather(1, top.indices.unsqueeze(-1).expand(-1, -1, tokens.size(-1)))
+    width = max(int((kept != PAD).sum(-1).max()), 1)  # drop columns that only pad the kept replies
+    return Replies(kept[..., :width], top.values)
 
 
 def reply_batch(
-    model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings: DecodeSettings
+    model: Seq2Seq,
+    vocab: Vocabulary,
+    queries: list[str],
+    settings: DecodeSettings,
+    backward: Seq2Seq | None = None,
 ) -> list[list[str]]:
     """The best reply's tokens for each normalised query, decoded as one batch.
 
@@ -193,5 +351,5 @@ def reply_batch(
     device = next(model.parameters()).device
     keep = words_within(settings.max_length)
     batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries])
-    replies = decode(model, batch.src.to(device), batch.lengths, settings)
+    replies = decode(model, batch.src.to(device), batch.lengths, settings, backward)
     return [vocab.decode(row[0].tolist()) for row in replies.tokens.cpu()]
