@@ -1,29 +1,35 @@
 """Talk to a trained checkpoint: an interactive prompt, or one reply per line of piped input.
 
-    python chat.py                                  # checkpoints/best_model.pth, greedy
+    python chat.py                                  # checkpoints/best_model.pth: greedy, or
+                                                    # MMI-reranked beams with a backward model
     python chat.py --decoding beam --beam-size 5
     printf 'hello\\nhow are you?\\n' | python chat.py  # exactly one reply line per input line
 
-At the prompt: /help, /greedy, /beam N, /sample T, /settings, /quit (also quit, q, Ctrl-D).
+A backward model (train.py --reverse) given with --backward-model, or found at
+checkpoints/backward/best_model.pth, reranks the beam's replies by MMI (README, "Chat").
+At the prompt: /help, /greedy, /beam N, /mmi, /nbest N, /sample T, /settings, /quit.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
+from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length
 from seq2seq.cli import (
+    BACKWARD_MODEL,
     ArgumentParser,
     add_decoding_arguments,
+    backward_model,
     decode_settings,
     fail,
     positive_int,
+    reranks,
     temperature,
 )
-from seq2seq.decoding import reply_batch
+from seq2seq.decoding import DecodingError, reply_batch
 from seq2seq.devices import DeviceError
 from seq2seq.vocab import detokenize, normalize, words_within
 
@@ -32,6 +38,8 @@ MAX_INPUT_CHARS = 1000
 HELP = """commands:
   /greedy      most likely word at each step
   /beam N      beam search with N beams
+  /mmi         rerank the beam's replies with the backward model (/mmi off: stop)
+  /nbest N     hypotheses the beam keeps and MMI reranks
   /sample T    sampling at temperature T (with the --top-k / --top-p filters)
   /settings    show the decoding settings
   /help        this text
@@ -41,16 +49,36 @@ HELP = """commands:
 def make_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to talk to")
-    add_decoding_arguments(p)
+    add_decoding_arguments(p, rerank="auto")
     return p
 
 
 class Chat:
-    """A checkpoint plus decoding settings; turns one line of text into a reply and notes."""
+    """A checkpoint (and a backward model to rerank with, if any) plus decoding settings; turns
+    one line of text into a reply and notes."""
 
     def __init__(self, args: argparse.Namespace):
+        self.args = args
         self.model, self.vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
-        self.settings = decode_settings(args, trained_max_length(checkpoint))
+        self.max_length = trained_max_length(checkpoint)
+        self.backward_path = backward_model(args)
+        self.backward = None
+        if self.backward_path:
+            self.backward = load_backward(self.backward_path, self.vocab, args.device, args.precision)
+        self.settings = decode_settings(args, self.max_length, reranks(args, self.backward is not None))
+
+    def startup(self) -> str | None:
+        """What the user should know about reranking before the first reply."""
+        s = self.settings
+        if s.rerank == "mmi":
+            return (f"replies are reranked by MMI with {self.backward_path} (lambda {s.mmi_weight}, "
+                    f"gamma {s.length_bonus}, {s.width} hypotheses, {s.beam_groups} beam groups)")  # fmt: skip
+        if self.backward is not None:
+            return f"backward model {self.backward_path} loaded: /mmi reranks beam search with it"
+        if self.args.rerank == "auto":
+            return (f"no backward model at {BACKWARD_MODEL}, so replies are not reranked "
+                    "(train one: python train.py --reverse --save-dir checkpoints/backward)")  # fmt: skip
+        return None
 
     def respond(self, line: str) -> tuple[str, list[str]]:
         """The reply (empty if there is nothing to answer) and notes for the user."""
@@ -70,31 +98,44 @@ class Chat:
         if unknown:
             shown = ", ".join(dict.fromkeys(unknown))
             notes.append(f"words I don't know: {shown[:200]}")
-        return detokenize(reply_batch(self.model, self.vocab, [query], self.settings)[0]), notes
+        reply = reply_batch(self.model, self.vocab, [query], self.settings, self.backward)[0]
+        return detokenize(reply), notes
 
     def command(self, line: str) -> str | None:
         """Handle a /command; return what to show, or None to quit."""
         name, _, value = line[1:].strip().partition(" ")
+        s = self.settings
         try:
             if name == "quit":
                 return None
             if name == "greedy":
-                self.settings.method = "greedy"
+                s = replace(s, method="greedy", rerank="none")
             elif name == "beam":
-                self.settings.method = "beam"
-                self.settings.beam_size = positive_int(value) if value else self.settings.beam_size
+                s = replace(s, method="beam", beam_size=positive_int(value) if value else s.beam_size)
             elif name == "sample":
-                self.settings.method = "sample"
-                self.settings.temperature = temperature(value) if value else self.settings.temperature
+                s = replace(s, method="sample", rerank="none",
+                            temperature=temperature(value) if value else s.temperature)  # fmt: skip
+            elif name == "mmi" and value == "off":
+                s = replace(s, rerank="none")
+            elif name == "mmi":
+                if self.backward is None:
+                    return (f"/mmi: no backward model (give --backward-model PATH, or train one into "
+                            f"{BACKWARD_MODEL}: python train.py --reverse --save-dir checkpoints/backward)")  # fmt: skip
+                beam = argparse.Namespace(**{**vars(self.args), "decoding": "beam"})
+                s = decode_settings(beam, self.max_length, rerank=True)
+            elif name == "nbest":
+                s = replace(s, n_best=positive_int(value))
             elif name == "settings":
-                return ", ".join(f"{k}={v}" for k, v in asdict(self.settings).items())
+                return ", ".join(f"{k}={v}" for k, v in asdict(s).items())
             elif name != "help":
                 return f"unknown command /{name}\n{HELP}"
             else:
                 return HELP
-        except argparse.ArgumentTypeError as error:
+        except (argparse.ArgumentTypeError, DecodingError) as error:
             return f"/{name}: {error}"
-        return f"decoding: {self.settings.method}"
+        self.settings = s
+        shown = f"{s.method}, {s.width} beams" if s.method == "beam" else s.method
+        return f"decoding: {shown}" + (", reranked by MMI" if s.rerank == "mmi" else "")
 
 
 def interactive(chat: Chat) -> None:
@@ -151,8 +192,10 @@ def main() -> None:
     args = make_parser().parse_args()
     try:
         chat = Chat(args)
-    except (CheckpointError, DeviceError) as error:
+    except (CheckpointError, DeviceError, DecodingError) as error:
         fail(str(error))
+    if chat.startup():
+        print(chat.startup(), file=sys.stderr)
     try:
         (interactive if sys.stdin.isatty() else piped)(chat)
     except KeyboardInterrupt:

@@ -2,10 +2,12 @@
 
     python evaluate.py                                    # best_model.pth on data/test.txt, greedy
     python evaluate.py --decoding beam --beam-size 5 --output-json results/beam.json
+    python evaluate.py --rerank mmi --backward-model checkpoints/backward/best_model.pth
 
 Teacher-forced figures (loss, perplexity, token accuracy) score the reference replies; the
 generation figures score what the bot actually says: corpus BLEU (sacrebleu), distinct-1/2,
-average reply length, and the share of the ten most frequent replies (how generic it is).
+average reply length, the share of its ten most frequent replies (how generic it is) and the
+share of replies that are one of the model's ten most frequent greedy replies.
 """
 
 from __future__ import annotations
@@ -13,27 +15,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from tqdm import tqdm
 
 from seq2seq.batching import encode_pairs, iterate_batches
-from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
+from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length
 from seq2seq.cli import (
     ArgumentParser,
     add_decoding_arguments,
+    backward_model,
     decode_settings,
     fail,
     non_negative_int,
     positive_int,
+    reranks,
 )
 from seq2seq.cornell import CorpusError, read_pairs
-from seq2seq.decoding import reply_batch
+from seq2seq.decoding import DecodeSettings, DecodingError, reply_batch
 from seq2seq.devices import DeviceError
 from seq2seq.files import write_text_atomic
-from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
+from seq2seq.metrics import generation_scores, most_frequent
+from seq2seq.model import Seq2Seq
 from seq2seq.training import perplexity, teacher_forced_scores
-from seq2seq.vocab import detokenize, words_within
+from seq2seq.vocab import Vocabulary, detokenize, words_within
 
 
 def make_parser() -> ArgumentParser:
@@ -67,9 +72,25 @@ def cut_queries(pairs: list[tuple[str, str]], words: int) -> tuple[list[tuple[st
     return out, cut
 
 
+def generate(
+    model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings: DecodeSettings, batch_size: int,
+    backward: Seq2Seq | None = None,
+) -> list[list[str]]:  # fmt: skip
+    """Replies (tokens) to every query, `batch_size` at a time, with a progress bar."""
+    replies: list[list[str]] = []
+    name = settings.method + (" + MMI" if settings.rerank == "mmi" else "")
+    with tqdm(total=len(queries), unit="reply", desc=f"generating ({name})", file=sys.stderr) as bar:
+        for start in range(0, len(queries), batch_size):
+            replies += reply_batch(model, vocab, queries[start : start + batch_size], settings, backward)
+            bar.update(len(queries[start : start + batch_size]))
+    return replies
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     model, vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
-    settings = decode_settings(args, trained_max_length(checkpoint))
+    path = backward_model(args)
+    backward = load_backward(path, vocab, args.device, args.precision) if path else None
+    settings = decode_settings(args, trained_max_length(checkpoint), reranks(args, backward is not None))
     pairs = read_pairs(args.test_data)[: args.limit]
     if not pairs:
         raise CorpusError(f"{args.test_data} holds no pairs")
@@ -88,16 +109,19 @@ def evaluate(args: argparse.Namespace) -> dict:
     loss, accuracy = teacher_forced_scores(
         model, iterate_batches(encode_pairs(scored, vocab), args.batch_size)
     )
-    replies: list[list[str]] = []
-    with tqdm(total=len(pairs), unit="reply", desc=f"generating ({settings.method})", file=sys.stderr) as bar:
-        for start in range(0, len(pairs), args.batch_size):
-            queries = [query for query, _ in pairs[start : start + args.batch_size]]
-            replies += reply_batch(model, vocab, queries, settings)
-            bar.update(len(queries))
+    queries = [query for query, _ in pairs]
+    replies = generate(model, vocab, queries, settings, args.batch_size, backward)
+    greedy = replies
+    if settings.method != "greedy":
+        greedy = generate(
+            model, vocab, queries, replace(settings, method="greedy", rerank="none"), args.batch_size
+        )
+    greedy_top = most_frequent([detokenize(tokens) for tokens in greedy])
     texts = [detokenize(tokens) for tokens in replies]
     references = [detokenize(reply.split()) for _, reply in pairs]
     return {
         "model": args.model_path,
+        "backward_model": path,
         "test_data": args.test_data,
         "pairs": len(pairs),
         "cut": cut,
@@ -105,11 +129,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "loss": loss,
         "perplexity": perplexity(loss),
         "token_accuracy": accuracy,
-        "bleu": corpus_bleu(texts, references),
-        "distinct_1": distinct_n(replies, 1),
-        "distinct_2": distinct_n(replies, 2),
-        "avg_reply_length": sum(map(len, replies)) / len(replies),
-        "top10_reply_share": top_replies_share(texts),
+        **generation_scores(replies, references, greedy_top),
+        "greedy_top10": greedy_top,
         "unknown_words": {
             "query_tokens": sum(len(vocab.unknown_words(q)) for q, _ in pairs),
             "reference_tokens": sum(len(vocab.unknown_words(r)) for _, r in pairs),
@@ -129,11 +150,15 @@ def format_report(r: dict) -> str:
         ("loss (teacher-forced)", f"{r['loss']:.4f}"),
         ("perplexity", f"{r['perplexity']:.2f}"),
         ("token accuracy", f"{r['token_accuracy']:.2%}"),
-        (f"BLEU ({r['decoding']['method']})", f"{r['bleu']:.2f}"),
+        (
+            f"BLEU ({r['decoding']['method']}{' + MMI' * (r['decoding']['rerank'] == 'mmi')})",
+            f"{r['bleu']:.2f}",
+        ),
         ("distinct-1", f"{r['distinct_1']:.4f}"),
         ("distinct-2", f"{r['distinct_2']:.4f}"),
         ("average reply length", f"{r['avg_reply_length']:.2f} tokens"),
         ("top-10 replies' share", f"{r['top10_reply_share']:.2%}"),
+        ("greedy top-10's share", f"{r['greedy_top10_share']:.2%}"),
         (
             "unknown words",
             f"{unknown['query_tokens']:,} in queries, {unknown['reference_tokens']:,} in references",
@@ -156,7 +181,7 @@ def main() -> None:
         results = evaluate(args)
         if args.output_json:
             write_text_atomic(args.output_json, json.dumps(results, indent=2) + "\n")
-    except (CheckpointError, CorpusError, DeviceError) as error:
+    except (CheckpointError, CorpusError, DeviceError, DecodingError) as error:
         fail(str(error))
     except OSError as error:
         fail(f"cannot write {args.output_json}: {error.strerror or error}")

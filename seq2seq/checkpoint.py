@@ -309,3 +309,18 @@ def load_for_inference(
     if precision == "bf16":
         model.to(torch.bfloat16)
     return model.eval(), vocab, checkpoint
+
+
+def load_backward(path: str | Path, vocab: Vocabulary, device: str, precision: str) -> Seq2Seq:
+    """The backward model (train.py --reverse) at `path` for reranking a forward model of
+    `vocab`: it reads the forward model's ids, so it must have the same vocabulary."""
+    if not Path(path).exists():
+        raise CheckpointError(
+            f"no backward model at {path}: train one with `python train.py --reverse --save-dir {Path(path).parent}`"
+        )
+    model, own, _ = load_for_inference(path, device, precision, backward=True)
+    if own.index_to_word != vocab.index_to_word:
+        raise CheckpointError(
+            f"{path} has another vocabulary than the forward model: train both on the same data/"
+        )
+    return model

@@ -6,9 +6,11 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 from .cornell import RARE_WORD_POLICIES, PairSettings
-from .decoding import METHODS, DecodeSettings
+from .decoding import METHODS, MMI_DEFAULTS, RERANKERS, DecodeSettings
 from .devices import DEVICES
 from .download import CORPUS_URL, DATA_DIR
 
@@ -63,6 +65,7 @@ def _checked(kind: Callable[[str], float], test: Callable[[float], bool], what: 
 positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0 and v != float("inf"), "a positive number")
+non_negative_float = _checked(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 probability = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 dropout_rate = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 fraction = _checked(float, lambda v: 0.0 <= v < 0.5, "a fraction in [0, 0.5)")
@@ -132,16 +135,46 @@ def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None
     add("--split-seed", "seed of the conversation split", type=non_negative_int)
 
 
-def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> None:
-    """How replies are generated (chat.py and evaluate.py), and the default --precision. The
-    defaults are DecodeSettings' own; --max-length has none (the checkpoint's is the default)."""
+# Where `train.py --reverse --save-dir checkpoints/backward` writes the backward model that
+# chat.py reranks with when it is there.
+BACKWARD_MODEL = "checkpoints/backward/best_model.pth"
+# The flags whose default changes with --rerank mmi (to decoding.MMI_DEFAULTS).
+RERANK_FLAGS = tuple(MMI_DEFAULTS)
+
+
+def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rerank: str = "none") -> None:
+    """How replies are generated (chat.py and evaluate.py), the default --precision and --rerank
+    (chat.py's "auto": MMI when a backward model is there). The defaults are DecodeSettings'
+    own, and decoding.MMI_DEFAULTS' when reranking; --max-length has none (the checkpoint's is
+    the default)."""
     d = DecodeSettings()
-    parser.add_argument("--decoding", choices=METHODS, default=d.method, help="how replies are chosen")
+    parser.add_argument("--decoding", choices=METHODS,
+                        help="how replies are chosen (default: beam when reranking, else greedy)")  # fmt: skip
     parser.add_argument(
         "--beam-size", type=positive_int, default=d.beam_size, help="beams for --decoding beam"
     )
     parser.add_argument("--length-penalty", type=finite, default=d.length_penalty,
                         help="beam: Wu et al.'s alpha (0: none)")  # fmt: skip
+    parser.add_argument("--beam-groups", type=positive_int,
+                        help=f"diverse beam search: groups the beam is split into (default: {d.beam_groups}, "
+                        f"reranking: {MMI_DEFAULTS['beam_groups']}; 1: plain beam search)")  # fmt: skip
+    parser.add_argument("--diversity-strength", type=non_negative_float,
+                        help="diverse beam search: a word's cost for each earlier group that chose it at that step "
+                        f"(default: {d.diversity_strength}, reranking: {MMI_DEFAULTS['diversity_strength']})")  # fmt: skip
+    choices = ("auto", *RERANKERS) if rerank == "auto" else RERANKERS
+    parser.add_argument("--rerank", choices=choices, default=rerank,
+                        help="mmi: reorder the beam's hypotheses by (1 - lambda) log p(reply | query) + lambda log "
+                        "p(query | reply) + gamma |reply| with a backward model (train.py --reverse); auto: mmi when "
+                        "a backward model is given or there and the decoding is beam search")  # fmt: skip
+    parser.add_argument("--backward-model", metavar="PATH",
+                        help=f"the backward model for --rerank mmi (default: {BACKWARD_MODEL})")  # fmt: skip
+    parser.add_argument("--n-best", type=positive_int,
+                        help="hypotheses the beam keeps and the reranker reorders (the beam widens to this many; "
+                        f"default: {d.n_best}, reranking: {MMI_DEFAULTS['n_best']})")  # fmt: skip
+    parser.add_argument("--mmi-weight", type=probability,
+                        help=f"lambda, the weight of log p(query | reply) (default: {MMI_DEFAULTS['mmi_weight']})")  # fmt: skip
+    parser.add_argument("--length-bonus", type=finite,
+                        help=f"gamma, added for every word of a reply (default: {MMI_DEFAULTS['length_bonus']})")  # fmt: skip
     parser.add_argument("--no-repeat-ngram", type=non_negative_int, default=d.no_repeat_ngram,
                         help="never repeat an n-gram of this size in a reply (0: off)")  # fmt: skip
     parser.add_argument("--temperature", type=temperature, default=d.temperature, help="sampling temperature")
@@ -163,18 +196,43 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto") -> N
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
 
 
-def decode_settings(args: argparse.Namespace, max_length: int) -> DecodeSettings:
+def backward_model(args: argparse.Namespace) -> str | None:
+    """The backward model to load, if any: --rerank mmi wants one (given, else the default
+    path); auto takes one that is given or there; none takes none."""
+    if args.rerank == "none":
+        return None
+    if args.rerank == "mmi" or args.backward_model:
+        return args.backward_model or BACKWARD_MODEL
+    return BACKWARD_MODEL if Path(BACKWARD_MODEL).is_file() else None
+
+
+def reranks(args: argparse.Namespace, have_backward: bool) -> bool:
+    """Whether replies start out reranked: --rerank mmi, or auto with a backward model when
+    the decoding is beam search (then the default)."""
+    return args.rerank == "mmi" or (
+        args.rerank == "auto" and have_backward and args.decoding in (None, "beam")
+    )
+
+
+def decode_settings(args: argparse.Namespace, max_length: int, rerank: bool = False) -> DecodeSettings:
     """The decoding flags as settings; `max_length` is the default of --max-length (the
-    checkpoint's, checkpoint.trained_max_length)."""
+    checkpoint's, checkpoint.trained_max_length); `rerank` whether a backward model reranks.
+    Raises DecodingError for settings that cannot decode."""
+    unset = {**asdict(DecodeSettings()), **(MMI_DEFAULTS if rerank else {})}
+    tuned = {
+        name: unset[name] if getattr(args, name) is None else getattr(args, name) for name in RERANK_FLAGS
+    }
     return DecodeSettings(
-        method=args.decoding,
+        method=args.decoding or ("beam" if rerank else "greedy"),
         max_length=args.max_length or max_length,
         min_length=args.min_length,
         beam_size=args.beam_size,
         length_penalty=args.length_penalty,
+        rerank="mmi" if rerank else "none",
         no_repeat_ngram=args.no_repeat_ngram,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
+        **tuned,
     )

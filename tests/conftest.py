@@ -32,13 +32,23 @@ def pair_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def _save_tiny_model(folder: Path, reverse: bool) -> Path:
+    from seq2seq.checkpoint import save_checkpoint
+
+    model, vocab, _, _ = overfit_tiny_model(reverse)
+    path = folder / "best_model.pth"
+    config = {"model": model.config.to_dict(), "pairs": {"max_length": 10}, "data": {"reverse": reverse}}
+    save_checkpoint(path, {"config": config, "model": model.state_dict(), "vocab": vocab.to_dict()})
+    return path
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory) -> Path:
     """overfit_tiny_model() saved as an inference-only checkpoint (a few seconds, once per session)."""
-    from seq2seq.checkpoint import save_checkpoint
+    return _save_tiny_model(tmp_path_factory.mktemp("checkpoint"), reverse=False)
 
-    model, vocab, _, _ = overfit_tiny_model()
-    path = tmp_path_factory.mktemp("checkpoint") / "best_model.pth"
-    config = {"model": model.config.to_dict(), "pairs": {"max_length": 10}}
-    save_checkpoint(path, {"config": config, "model": model.state_dict(), "vocab": vocab.to_dict()})
-    return path
+
+@pytest.fixture(scope="session")
+def backward_checkpoint(tmp_path_factory) -> Path:
+    """Its backward model, overfit_tiny_model(reverse=True), saved the same way."""
+    return _save_tiny_model(tmp_path_factory.mktemp("backward"), reverse=True)

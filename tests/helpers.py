@@ -190,15 +190,16 @@ def write_pair_corpus(folder: Path, pairs: list[tuple[str, str]], copies: int = 
     return folder
 
 
-def overfit_tiny_model():
-    """A tiny model trained 250 steps on PAIRS: (model, vocabulary, the batch, last loss)."""
+def overfit_tiny_model(reverse: bool = False):
+    """A tiny model trained 250 steps on PAIRS (with `reverse`, the backward model: each reply
+    to its query): (model, vocabulary, the batch, last loss)."""
     from seq2seq.batching import collate, encode_pairs
     from seq2seq.model import Seq2Seq
     from seq2seq.training import TrainStep, make_optimizer
     from seq2seq.vocab import Vocabulary
 
     vocab = Vocabulary.build(side for pair in PAIRS for side in pair)
-    batch = collate(encode_pairs(PAIRS, vocab))
+    batch = collate(encode_pairs([(a, q) for q, a in PAIRS] if reverse else PAIRS, vocab))
     torch.manual_seed(0)
     model = Seq2Seq(tiny_config(len(vocab), hidden_size=64, attn_model="general"))
     step = TrainStep(model, make_optimizer(model, "adam", 3e-3, 2.0), clip=5.0)

@@ -3,16 +3,25 @@
 import os
 import pty
 import select
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.helpers import ENV, HOSTILE, ROOT, run_script
+import pytest
+
+import chat
+from chat import Chat
+from seq2seq.checkpoint import save_checkpoint
+from seq2seq.model import Seq2Seq
+from seq2seq.vocab import Vocabulary
+from tests.helpers import ENV, HOSTILE, ROOT, run_script, tiny_config
 
 
 def run_chat(args, stdin: bytes, home: Path) -> subprocess.CompletedProcess:
-    return run_script("chat.py", *args, input=stdin, text=False, env={**ENV, "HOME": str(home)})
+    """chat.py run in `home` (so that no checkpoints/backward/ of this checkout is found)."""
+    return run_script("chat.py", *args, input=stdin, text=False, cwd=home, env={**ENV, "HOME": str(home)})
 
 
 def test_piped_mode_answers_each_line_with_exactly_one_line(trained_checkpoint, tmp_path):
@@ -55,7 +64,7 @@ def test_interactive_session(trained_checkpoint, tmp_path):
     env = {**ENV, "HOME": str(tmp_path), "TERM": "dumb"}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "chat.py"), "--model-path", str(trained_checkpoint)],
-        stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+        stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True, cwd=tmp_path,
     )  # fmt: skip
     os.close(slave)
     output = b""
@@ -88,3 +97,84 @@ def test_interactive_session(trained_checkpoint, tmp_path):
     assert "expected a positive number" in text and "unknown command /nonsense" in text
     assert "Traceback" not in text
     assert (tmp_path / ".chatbot_seq2seq_history").exists()
+
+
+def test_a_backward_model_reranks_by_default_and_says_so(trained_checkpoint, backward_checkpoint, tmp_path):
+    lines = ["hello .", "How are you?", "what is your name ?", *HOSTILE]
+    stdin = "\n".join(lines).encode("utf-8") + b"\n"
+    given = run_chat(["--model-path", str(trained_checkpoint), "--backward-model", str(backward_checkpoint)],
+                     stdin, tmp_path)  # fmt: skip
+    # at the documented default path it is found without a flag
+    default = tmp_path / "checkpoints" / "backward" / "best_model.pth"
+    default.parent.mkdir(parents=True)
+    shutil.copy(backward_checkpoint, default)
+    found = run_chat(["--model-path", str(trained_checkpoint), "--n-best", "8"], stdin, tmp_path)
+    for result, path in ((given, backward_checkpoint), (found, "checkpoints/backward/best_model.pth")):
+        err = result.stderr.decode()
+        assert result.returncode == 0, err
+        assert f"replies are reranked by MMI with {path}" in err.splitlines()[0]
+        assert "Traceback" not in err
+        replies = result.stdout.decode().split("\n")[:-1]
+        assert len(replies) == len(lines)
+        assert replies[:3] == ["hi there.", "i'm fine.", "my name is bob."]
+    assert "8 hypotheses" in found.stderr.decode()
+    plain = run_chat(["--model-path", str(trained_checkpoint), "--rerank", "none"], b"hello .\n", tmp_path)
+    assert "MMI" not in plain.stderr.decode() and plain.stdout == b"hi there.\n"
+    greedy = run_chat(
+        ["--model-path", str(trained_checkpoint), "--decoding", "greedy"], b"hello .\n", tmp_path
+    )
+    assert "loaded: /mmi reranks beam search with it" in greedy.stderr.decode()
+
+
+def test_without_a_backward_model_chat_says_how_to_get_one(trained_checkpoint, tmp_path):
+    result = run_chat(["--model-path", str(trained_checkpoint)], b"hello .\n", tmp_path)
+    assert result.returncode == 0 and result.stdout == b"hi there.\n"
+    assert "no backward model at checkpoints/backward/best_model.pth" in result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--rerank", "mmi"],
+            "no backward model at checkpoints/backward/best_model.pth: train one with `python train.py --reverse --save-dir checkpoints/backward`",
+        ),
+        (["--backward-model", "FORWARD"], "is a forward model; give one trained with --reverse"),
+        (["--backward-model", "OTHER"], "has another vocabulary than the forward model"),
+        (["--rerank", "mmi", "--backward-model", "BACKWARD", "--decoding", "greedy"], "use --decoding beam"),
+        (
+            ["--backward-model", "BACKWARD", "--beam-groups", "3"],
+            "--beam-groups 3 does not divide the beam of 10",
+        ),
+        (["--mmi-weight", "2"], "expected a number in [0, 1]"),
+    ],
+)
+def test_reranking_mistakes_are_one_line(trained_checkpoint, backward_checkpoint, tmp_path, flags, message):
+    vocab = Vocabulary(["some", "other", "words"])
+    model = Seq2Seq(tiny_config(len(vocab)))
+    other = tmp_path / "other.pth"
+    config = {"model": model.config.to_dict(), "data": {"reverse": True}}
+    save_checkpoint(other, {"config": config, "model": model.state_dict(), "vocab": vocab.to_dict()})
+    paths = {"FORWARD": str(trained_checkpoint), "BACKWARD": str(backward_checkpoint), "OTHER": str(other)}
+    flags = [paths.get(flag, flag) for flag in flags]
+    result = run_chat(["--model-path", str(trained_checkpoint), *flags], b"hello .\n", tmp_path)
+    err = result.stderr.decode().strip()
+    assert result.returncode in (1, 2) and not result.stdout
+    assert message in err and err.count("\n") == 0, err
+
+
+def test_mmi_and_nbest_commands(trained_checkpoint, backward_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plain = Chat(chat.make_parser().parse_args(["--model-path", str(trained_checkpoint)]))
+    assert plain.command("/mmi").startswith("/mmi: no backward model")
+    args = ["--model-path", str(trained_checkpoint), "--backward-model", str(backward_checkpoint)]
+    bot = Chat(chat.make_parser().parse_args([*args, "--decoding", "greedy"]))
+    assert bot.settings.rerank == "none" and bot.settings.method == "greedy"
+    assert bot.command("/mmi") == "decoding: beam, 10 beams, reranked by MMI"
+    assert bot.respond("how are you ?") == ("i'm fine.", [])
+    assert bot.command("/nbest 4") == "decoding: beam, 5 beams, reranked by MMI"  # --beam-size 5 is wider
+    assert bot.command("/nbest x").startswith("/nbest: expected a positive integer")
+    assert bot.command("/mmi off") == "decoding: beam, 5 beams"
+    assert bot.command("/beam 2") == "decoding: beam, 4 beams"  # /nbest 4 still holds
+    assert bot.command("/sample 0.5") == "decoding: sample" and bot.settings.rerank == "none"
+    assert "rerank=none" in bot.command("/settings")

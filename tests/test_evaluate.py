@@ -105,3 +105,32 @@ def test_decoding_flags_that_would_break_decoding_are_refused_in_one_line(
 ):
     result = run_script("evaluate.py", "--model-path", str(trained_checkpoint), *flags, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_mmi_reranking_and_the_greedy_top10_share(trained_checkpoint, backward_checkpoint, test_file):
+    greedy = run(trained_checkpoint, test_file)
+    assert greedy["greedy_top10_share"] == greedy["top10_reply_share"] and greedy["backward_model"] is None
+    assert len(greedy["greedy_top10"]) == 10
+    r = run(trained_checkpoint, test_file, "--rerank", "mmi", "--backward-model", str(backward_checkpoint),
+            "--beam-groups", "2", "--n-best", "6")  # fmt: skip
+    assert r["decoding"]["rerank"] == "mmi" and r["decoding"]["method"] == "beam"
+    assert r["decoding"]["beam_groups"] == 2 and r["decoding"]["n_best"] == 6
+    assert r["backward_model"] == str(backward_checkpoint)
+    assert r["bleu"] > 95 and r["greedy_top10"] == greedy["greedy_top10"]
+    assert r["greedy_top10_share"] == pytest.approx(0.5)  # the same replies as greedy's, all distinct
+    assert "greedy top-10's share" in evaluate.format_report(
+        r
+    ) and "BLEU (beam + MMI)" in evaluate.format_report(r)
+
+
+def test_reranking_needs_beam_decoding_and_a_backward_model(trained_checkpoint, test_file, tmp_path):
+    missing = run_script("evaluate.py", "--model-path", str(trained_checkpoint), "--test-data", str(test_file),
+                         "--rerank", "mmi", cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert (
+        "no backward model at checkpoints/backward/best_model.pth: train one with `python train.py --reverse --save-dir checkpoints/backward`"
+        in missing.stderr
+    )
+    greedy = run_script("evaluate.py", "--model-path", str(trained_checkpoint), "--test-data", str(test_file),
+                        "--rerank", "mmi", "--backward-model", str(trained_checkpoint), cwd=tmp_path)  # fmt: skip
+    assert greedy.returncode == 1 and "is a forward model" in greedy.stderr
