@@ -9,6 +9,9 @@ reply runs to the full length (a random model rarely says EOS): the comparison i
                `max_length` steps, softmax over the vocabulary, max, no stop at EOS
   greedy / beam 5 / sample   seq2seq.decoding, batched code run at batch size 1, with fp32
                weights and with bf16 weights (chat.py --precision bf16)
+  beam 10 + MMI   chat.py's default with a backward model: ten hypotheses, each scored by a
+               second model of the same size (one teacher-forced pass over all ten); also with
+               the beam in two diverse groups
   greedy, int8 TorchScript   the exported bot's forward (convert_to_torchscript.py --quantize
                int8): the same greedy search, int8 GRU and linear weights
 """
@@ -77,6 +80,8 @@ def main() -> None:
         .eval()
     )
     half = copy.deepcopy(model).to(torch.bfloat16)
+    backward = copy.deepcopy(model)  # the same architecture; its weights do not change the cost
+    backward_half = copy.deepcopy(half)
     generator = torch.Generator().manual_seed(1)
     queries = []
     for _ in range(args.replies + 20):
@@ -91,11 +96,13 @@ def main() -> None:
         "greedy": settings(method="greedy"),
         "beam 5": settings(method="beam", beam_size=5),
         "sample (top-p 0.9)": settings(method="sample", top_p=0.9, seed=0),
+        "beam 10 + MMI": settings(method="beam", n_best=10, rerank="mmi"),
+        "beam 10, 2 groups + MMI": settings(method="beam", n_best=10, beam_groups=2, rerank="mmi"),
     }
     rows = {"plain loop (tutorial-style), fp32": lambda s, n: plain_greedy(model, s, n, args.max_length)}
     for name, search in searches.items():
-        rows[f"{name}, fp32"] = lambda s, n, search=search: decode(model, s, n, search)
-        rows[f"{name}, bf16"] = lambda s, n, search=search: decode(half, s, n, search)
+        rows[f"{name}, fp32"] = lambda s, n, search=search: decode(model, s, n, search, backward)
+        rows[f"{name}, bf16"] = lambda s, n, search=search: decode(half, s, n, search, backward_half)
     if device.type == "cpu":  # the exported bot runs on the CPU
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation warnings
