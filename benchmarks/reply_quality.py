@@ -8,9 +8,9 @@
    each hypothesis is scored once under the backward model; every (lambda, gamma) is then only
    arithmetic on those scores (decoding.mmi_score), so the whole grid costs one search per (N, G).
 2. The rule: among the settings whose top-10 share is at most 25% and whose distinct-2 is at
-   least 0.15 (the goals; failing any, those with at most half of greedy's top-10 share), the
-   highest BLEU (ties: the higher distinct-2); the best plain-beam (G = 1) and the best diverse
-   (G > 1) setting are both kept.
+   least 0.15 (the goals; --max-top10, --min-distinct-2), or failing any, those with at most
+   half of greedy's top-10 share, the highest BLEU (ties: the higher distinct-2). The best
+   plain-beam (G = 1) and the best diverse (G > 1) setting are both kept.
 3. On --test-data, once: greedy, beam 5, sampling, and the two chosen MMI settings through
    evaluate.py's own code (reply_batch), with BLEU, distinct-1/2, average length, top-10 share
    and the share of greedy's own top-10 replies; then the replies of each to a few prompts.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaluate import cut_queries, generate  # noqa: E402
 from seq2seq.batching import collate  # noqa: E402
 from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length  # noqa: E402
-from seq2seq.cli import ArgumentParser, fail, positive_int  # noqa: E402
+from seq2seq.cli import ArgumentParser, fail, positive_int, probability  # noqa: E402
 from seq2seq.cornell import CorpusError, read_pairs  # noqa: E402
 from seq2seq.decoding import DecodeSettings, backward_log_prob, beam_hypotheses, best, mmi_score  # noqa: E402
 from seq2seq.files import write_text_atomic  # noqa: E402
@@ -41,7 +41,6 @@ from seq2seq.vocab import EOS, detokenize, normalize, words_within  # noqa: E402
 SEARCHES = [(10, 1, 0.0), (10, 2, 0.5), (10, 5, 0.5), (10, 5, 1.0), (20, 1, 0.0), (20, 4, 0.5)]  # N, G, delta
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 BONUSES = (0.0, 0.25, 0.5, 0.75, 1.0)
-MAX_TOP10, MIN_DISTINCT_2 = 0.25, 0.15  # the settings allowed on validation
 PROMPTS = ["hello", "how are you?", "what is your name?", "where are you going?", "do you love me?",
            "are you a robot?", "what time is it?", "let us get out of here!", "who killed him?"]  # fmt: skip
 
@@ -102,6 +101,12 @@ def main() -> None:
     p.add_argument("--limit", type=positive_int, help="use only the first N pairs of each split")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as evaluate.py's default")
     p.add_argument("--device", default="auto", help="where to run")
+    p.add_argument(
+        "--max-top10", type=probability, default=0.25, help="the rule: the largest top-10 share allowed"
+    )
+    p.add_argument(
+        "--min-distinct-2", type=probability, default=0.15, help="the rule: the least distinct-2 allowed"
+    )
     p.add_argument("--output-json", metavar="PATH", help="also write the grid, the choice and the test table")
     args = p.parse_args()
     try:
@@ -139,9 +144,11 @@ def main() -> None:
         name_of(s): r for s, r in grid}))  # fmt: skip
 
     goals = [
-        (s, r) for s, r in grid if r["top10_reply_share"] <= MAX_TOP10 and r["distinct_2"] >= MIN_DISTINCT_2
+        (s, r)
+        for s, r in grid
+        if r["top10_reply_share"] <= args.max_top10 and r["distinct_2"] >= args.min_distinct_2
     ]
-    rule = f"top-10 share at most {MAX_TOP10:.0%} and distinct-2 at least {MIN_DISTINCT_2}"
+    rule = f"top-10 share at most {args.max_top10:.0%} and distinct-2 at least {args.min_distinct_2}"
     allowed = goals or [
         (s, r) for s, r in grid if r["top10_reply_share"] <= greedy_scores["top10_reply_share"] / 2
     ]
