@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
-from seq2seq.cli import ArgumentParser, fail, positive_int
+from seq2seq.cli import ArgumentParser, fail, first_line, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot, export_parts
@@ -116,7 +116,7 @@ def main() -> None:
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
     except Exception as error:  # an exporter's own limitation: say exactly what failed
-        fail(f"{args.method} failed ({type(error).__name__}): {str(error).strip().splitlines()[0][:300]}")
+        fail(f"{args.method} failed ({type(error).__name__}): {first_line(error, limit=300)}")
     print(f"wrote {written}")
     if args.benchmark:
         eager_ms, exported_ms = median_ms(eager, prompts), median_ms(bot.reply, prompts)

@@ -27,7 +27,7 @@ import yaml
 from seq2seq import config as run_config
 from seq2seq import run
 from seq2seq.checkpoint import CheckpointError
-from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
+from seq2seq.cli import ArgumentParser, fail, first_line, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
 from seq2seq.devices import DeviceError
 from seq2seq.download import DataError
@@ -168,9 +168,9 @@ def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna
             fail(f"--storage {url.split(':', 1)[0]}: the database driver ({missing}) is not installed; "
                  "pip install it (PostgreSQL: psycopg[binary] or psycopg2-binary)")  # fmt: skip
         except sqlalchemy.exc.ArgumentError as error:  # a malformed URL: no retry will mend it
-            fail(f"--storage {url}: {str(error).strip().splitlines()[0][:200]}")
+            fail(f"--storage {url}: {first_line(error)}")
         except RuntimeError as error:  # optuna: the database's schema is of another version
-            fail(f"cannot use the study database {url}: {str(error).strip().splitlines()[0][:200]}")
+            fail(f"cannot use the study database {url}: {first_line(error)}")
         except (
             sqlalchemy.exc.SQLAlchemyError,
             optuna.exceptions.DuplicatedStudyError,
@@ -178,10 +178,7 @@ def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna
         ) as error:
             failures += 1
             if failures == attempts:
-                first = (
-                    str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-                )
-                fail(f"cannot open the study in {url}: {first}")
+                fail(f"cannot open the study in {url}: {first_line(error)}")
             time.sleep(0.5 * failures + random.random())
 
 

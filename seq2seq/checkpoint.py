@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from . import config as run_config
+from .cli import first_line
 from .cornell import PairSettings
 from .devices import resolve_device, resolve_precision
 from .files import atomic_path
@@ -230,8 +231,9 @@ def restore_training(
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint's training state does not fit this run: {detail[:200]}") from None
+        raise CheckpointError(
+            f"checkpoint's training state does not fit this run: {first_line(error)}"
+        ) from None
     return TrainState(**{f.name: checkpoint[f.name] for f in fields(TrainState)})
 
 

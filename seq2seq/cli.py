@@ -86,6 +86,13 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """What an exception says, made one line: its first line (cut to `limit` characters), or its
+    type when it says nothing."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error on stderr and exit."""
     print(f"error: {message}", file=sys.stderr)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cli import first_line
 from .files import atomic_path
 from .model import Seq2Seq
 from .vocab import EOS, PAD, SOS, UNK, Vocabulary
@@ -286,7 +287,7 @@ def export_parts(model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Pat
             with torch.no_grad():
                 programs[name] = torch.export.export(module, inputs, dynamic_shapes=shapes)
         except Exception as error:  # report every part that cannot be exported, and why
-            reason = str(error).strip().splitlines()[0]
+            reason = first_line(error, limit=1000)
             if "Constraints violated (length)" in reason:
                 reason = ("torch.export specialises nn.GRU's sequence length to the example's (4), "
                           "so queries of other lengths could not run")  # fmt: skip

@@ -17,6 +17,7 @@ import netrc
 import os
 import sys
 
+from .cli import first_line
 from .config import RunConfig
 from .decoding import DecodeSettings, reply_batch
 from .training import Trainer, TrainingError, perplexity
@@ -67,8 +68,9 @@ class WandbLogger:
                 config=flags,
             )
         except Exception as error:  # wandb's own errors: a bad key or mode, no network, ...
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise TrainingError(f"W&B could not start a run: {first} (try --wandb-mode offline)") from None
+            raise TrainingError(
+                f"W&B could not start a run: {first_line(error)} (try --wandb-mode offline)"
+            ) from None
         self.agent_values = {k: v for k, v in dict(self.run.config).items() if k in flags and flags[k] != v}
         self.trainer: Trainer | None = None
         self.queries: list[str] = []

@@ -91,3 +91,11 @@ def test_ctrl_c_while_a_script_starts_is_one_line(script, tmp_path):
         pytest.skip("the script had already finished starting")
     assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr[-1000:]
     assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
+
+
+def test_an_error_is_told_in_its_first_line_or_by_its_type():
+    from seq2seq.cli import first_line
+
+    assert first_line(RuntimeError("  disk on fire\nstack details\n")) == "disk on fire"
+    assert first_line(ValueError("")) == "ValueError" and first_line(KeyError()) == "KeyError"
+    assert first_line(OSError("x" * 500), limit=10) == "x" * 10
