@@ -9,9 +9,9 @@ reply runs to the full length (a random model rarely says EOS): the comparison i
                `max_length` steps, softmax over the vocabulary, max, no stop at EOS
   greedy / beam 5 / sample   seq2seq.decoding, batched code run at batch size 1, with fp32
                weights and with bf16 weights (chat.py --precision bf16)
-  beam 10 + MMI   chat.py's default with a backward model: ten hypotheses, each scored by a
-               second model of the same size (one teacher-forced pass over all ten); also with
-               the beam in two diverse groups
+  beam N + MMI   chat.py with a backward model: N hypotheses, each scored by a second model
+               of the same size (one teacher-forced pass over all N); also with the beam in
+               diverse groups
   greedy, int8 TorchScript   the exported bot's forward (convert_to_torchscript.py --quantize
                int8): the same greedy search, int8 GRU and linear weights
 """
@@ -96,8 +96,8 @@ def main() -> None:
         "greedy": settings(method="greedy"),
         "beam 5": settings(method="beam", beam_size=5),
         "sample (top-p 0.9)": settings(method="sample", top_p=0.9, seed=0),
-        "beam 10 + MMI": settings(method="beam", n_best=10, rerank="mmi"),
-        "beam 10, 2 groups + MMI": settings(method="beam", n_best=10, beam_groups=2, rerank="mmi"),
+        **{f"beam {n} + MMI": settings(method="beam", n_best=n, rerank="mmi") for n in (10, 20, 40)},
+        "beam 20, 4 groups + MMI": settings(method="beam", n_best=20, beam_groups=4, rerank="mmi"),
     }
     rows = {"plain loop (tutorial-style), fp32": lambda s, n: plain_greedy(model, s, n, args.max_length)}
     for name, search in searches.items():

@@ -38,9 +38,10 @@ from seq2seq.files import write_text_atomic  # noqa: E402
 from seq2seq.metrics import generation_scores, most_frequent  # noqa: E402
 from seq2seq.vocab import EOS, detokenize, normalize, words_within  # noqa: E402
 
-SEARCHES = [(10, 1, 0.0), (10, 2, 0.5), (10, 5, 0.5), (10, 5, 1.0), (20, 1, 0.0), (20, 4, 0.5)]  # N, G, delta
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-BONUSES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# (N, G, delta): beam width, groups, diversity strength
+SEARCHES = [(10, 1, 0.0), (10, 5, 1.0), (20, 1, 0.0), (20, 4, 1.0), (40, 1, 0.0), (40, 8, 1.0)]
+WEIGHTS = (0.0, 0.5, 0.75, 0.85, 0.9, 0.95, 1.0)
+BONUSES = (0.0, 0.1, 0.25, 0.5)
 PROMPTS = ["hello", "how are you?", "what is your name?", "where are you going?", "do you love me?",
            "are you a robot?", "what time is it?", "let us get out of here!", "who killed him?"]  # fmt: skip
 
@@ -73,10 +74,10 @@ def reranked(parts, vocab, weight, bonus) -> list[list[str]]:
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        f"{'decoding':<58}{'BLEU':>7}{'dist-1':>8}{'dist-2':>8}{'length':>8}{'top-10':>8}{'greedy10':>9}"
+        f"{'decoding':<62}{'BLEU':>7}{'dist-1':>8}{'dist-2':>8}{'length':>8}{'top-10':>8}{'greedy10':>9}"
     ]
     for name, r in rows.items():
-        lines.append(f"{name:<58}{r['bleu']:>7.2f}{r['distinct_1']:>8.4f}{r['distinct_2']:>8.4f}"
+        lines.append(f"{name:<62}{r['bleu']:>7.2f}{r['distinct_1']:>8.4f}{r['distinct_2']:>8.4f}"
                      f"{r['avg_reply_length']:>8.2f}{r['top10_reply_share']:>8.1%}{r['greedy_top10_share']:>9.1%}")  # fmt: skip
     return "\n".join(lines)
 

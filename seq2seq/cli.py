@@ -162,12 +162,10 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rera
     )
     parser.add_argument("--length-penalty", type=finite, default=d.length_penalty,
                         help="beam: Wu et al.'s alpha (0: none)")  # fmt: skip
-    parser.add_argument("--beam-groups", type=positive_int,
-                        help=f"diverse beam search: groups the beam is split into (default: {d.beam_groups}, "
-                        f"reranking: {MMI_DEFAULTS['beam_groups']}; 1: plain beam search)")  # fmt: skip
-    parser.add_argument("--diversity-strength", type=non_negative_float,
-                        help="diverse beam search: a word's cost for each earlier group that chose it at that step "
-                        f"(default: {d.diversity_strength}, reranking: {MMI_DEFAULTS['diversity_strength']})")  # fmt: skip
+    parser.add_argument("--beam-groups", type=positive_int, default=d.beam_groups,
+                        help="diverse beam search: groups the beam is split into (1: plain beam search)")  # fmt: skip
+    parser.add_argument("--diversity-strength", type=non_negative_float, default=d.diversity_strength,
+                        help="diverse beam search: a word's cost for each earlier group that chose it at that step")  # fmt: skip
     choices = ("auto", *RERANKERS) if rerank == "auto" else RERANKERS
     parser.add_argument("--rerank", choices=choices, default=rerank,
                         help="mmi: reorder the beam's hypotheses by (1 - lambda) log p(reply | query) + lambda log "
@@ -235,6 +233,8 @@ def decode_settings(args: argparse.Namespace, max_length: int, rerank: bool = Fa
         min_length=args.min_length,
         beam_size=args.beam_size,
         length_penalty=args.length_penalty,
+        beam_groups=args.beam_groups,
+        diversity_strength=args.diversity_strength,
         rerank="mmi" if rerank else "none",
         no_repeat_ngram=args.no_repeat_ngram,
         temperature=args.temperature,

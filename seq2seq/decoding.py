@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .batching import Batch, collate
@@ -43,15 +44,11 @@ from .vocab import EOS, PAD, SOS, UNK, Vocabulary, words_within
 METHODS = ("greedy", "beam", "sample")
 RERANKERS = ("none", "mmi")
 NEVER_GENERATED = (PAD, SOS, UNK)
-# Decoding with MMI reranking, unless a flag says otherwise: chosen on the validation split by
-# benchmarks/reply_quality.py (README, "Conversation quality").
-MMI_DEFAULTS = {
-    "n_best": 10,
-    "beam_groups": 1,
-    "diversity_strength": 0.5,
-    "mmi_weight": 0.5,
-    "length_bonus": 0.0,
-}
+# Decoding with MMI reranking, unless a flag says otherwise: the setting of highest validation
+# BLEU among those that meet the reply goals there (top-10 share <= 25%, distinct-2 >= 0.15;
+# benchmarks/reply_quality.py) and answer within 100 ms on a 2-core CPU (beam 40's take 131 ms).
+# README, "Conversation quality".
+MMI_DEFAULTS = {"n_best": 20, "mmi_weight": 0.85, "length_bonus": 0.0}
 
 
 class DecodingError(ValueError):
@@ -67,7 +64,7 @@ class DecodeSettings:
     length_penalty: float = 0.6  # Wu et al.'s alpha; 0 = raw log-probability
     n_best: int = 1  # hypotheses returned; the beam holds at least this many
     beam_groups: int = 1  # diverse beam search's G; 1 = plain beam search
-    diversity_strength: float = 0.5  # penalty per earlier group's beam on the same word
+    diversity_strength: float = 1.0  # penalty per earlier group's beam on the same word
     rerank: str = "none"  # "mmi": reorder the final beams with a backward model
     mmi_weight: float = MMI_DEFAULTS["mmi_weight"]  # lambda: weight of log p(S|T) against log p(T|S)
     length_bonus: float = MMI_DEFAULTS["length_bonus"]  # gamma: added per word of the reply
@@ -288,6 +285,11 @@ def _choose(ranked: Tensor, diversity_strength: float) -> Tensor:
     return torch.stack(picks, dim=1)
 
 
+# Up to this many logits (pairs × query tokens × vocabulary), the backward model scores in one
+# padded pass: at chat's batch of one, packing the pairs costs more than the padding it saves.
+PADDED_SCORING_LOGITS = 2**24
+
+
 def backward_log_prob(backward: Seq2Seq, src: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
     """log p(S | T) (B, K): each query of `src` (B, S) given each of its hypotheses `tokens`
     (B, K, L), under the backward model, in one teacher-forced pass over all B·K pairs.
@@ -302,12 +304,18 @@ def backward_log_prob(backward: Seq2Seq, src: Tensor, lengths: Tensor, tokens: T
     replies.scatter_(1, reply_lengths.unsqueeze(1), torch.where(ended, PAD, EOS).unsqueeze(1))
     reply_lengths = (reply_lengths + (~ended).long()).cpu()
     queries = src.repeat_interleave(k, dim=0)
-    query_lengths = lengths.cpu().repeat_interleave(k)
-    pairs = Batch(
-        replies, reply_lengths, queries,
-        layout(reply_lengths, replies.size(1)), layout(query_lengths, queries.size(1)),
-    ).to(device)  # fmt: skip
     with _evaluating(backward):
+        if queries.numel() * backward.config.vocab_size <= PADDED_SCORING_LOGITS:
+            logits = backward(replies, reply_lengths, queries).float()
+            losses = F.cross_entropy(
+                logits.flatten(0, 1), queries.flatten(), ignore_index=PAD, reduction="none"
+            )
+            return -losses.view(batch, k, -1).sum(-1)
+        query_lengths = lengths.cpu().repeat_interleave(k)
+        pairs = Batch(
+            replies, reply_lengths, queries,
+            layout(reply_lengths, replies.size(1)), layout(query_lengths, queries.size(1)),
+        ).to(device)  # fmt: skip
         losses, _ = backward.token_losses(pairs)
     row = pairs.tgt_layout.index // queries.size(1)
     total = torch.zeros(batch * k, device=device).index_add_(0, row, losses.float())

@@ -144,7 +144,7 @@ def test_without_a_backward_model_chat_says_how_to_get_one(trained_checkpoint, t
         (["--rerank", "mmi", "--backward-model", "BACKWARD", "--decoding", "greedy"], "use --decoding beam"),
         (
             ["--backward-model", "BACKWARD", "--beam-groups", "3"],
-            "--beam-groups 3 does not divide the beam of 10",
+            "--beam-groups 3 does not divide the beam of 20",
         ),
         (["--mmi-weight", "2"], "expected a number in [0, 1]"),
     ],
@@ -170,7 +170,7 @@ def test_mmi_and_nbest_commands(trained_checkpoint, backward_checkpoint, tmp_pat
     args = ["--model-path", str(trained_checkpoint), "--backward-model", str(backward_checkpoint)]
     bot = Chat(chat.make_parser().parse_args([*args, "--decoding", "greedy"]))
     assert bot.settings.rerank == "none" and bot.settings.method == "greedy"
-    assert bot.command("/mmi") == "decoding: beam, 10 beams, reranked by MMI"
+    assert bot.command("/mmi") == "decoding: beam, 20 beams, reranked by MMI"
     assert bot.respond("how are you ?") == ("i'm fine.", [])
     assert bot.command("/nbest 4") == "decoding: beam, 5 beams, reranked by MMI"  # --beam-size 5 is wider
     assert bot.command("/nbest x").startswith("/nbest: expected a positive integer")

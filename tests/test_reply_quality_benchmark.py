@@ -19,7 +19,7 @@ def test_reply_quality_tunes_on_validation_and_reports_test(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert len(saved["validation"]) == 6 * 25  # every search, every lambda and gamma
+    assert len(saved["validation"]) == 6 * 7 * 4  # every search, every lambda and gamma
     assert set(saved["chosen"]) == {"beam + MMI", "diverse beam + MMI"}
     assert saved["chosen"]["diverse beam + MMI"]["beam_groups"] > 1
     names = [row["name"] for row in saved["test"]]
