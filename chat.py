@@ -71,8 +71,9 @@ class Chat:
         """What the user should know about reranking before the first reply."""
         s = self.settings
         if s.rerank == "mmi":
+            groups = f" in {s.beam_groups} diverse groups" if s.beam_groups > 1 else ""
             return (f"replies are reranked by MMI with {self.backward_path} (lambda {s.mmi_weight}, "
-                    f"gamma {s.length_bonus}, {s.width} hypotheses, {s.beam_groups} beam groups)")  # fmt: skip
+                    f"gamma {s.length_bonus}, {s.width} hypotheses{groups})")  # fmt: skip
         if self.backward is not None:
             return f"backward model {self.backward_path} loaded: /mmi reranks beam search with it"
         if self.args.rerank == "auto":
