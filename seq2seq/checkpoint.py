@@ -65,9 +65,34 @@ class TrainState:
 
 
 # The keys a checkpoint must hold to be resumed, each with the type its value must have.
-RESUME_KEYS = {"optimizer": dict, "rng": dict, "iteration": int, "best_val_loss": (int, float),
-               "best_iteration": int, "evals_without_improvement": int, "history": dict,
-               "seconds": (int, float), "clock": list}  # fmt: skip
+def _count(value) -> bool:
+    return type(value) is int and 0 <= value < 10**12  # a run counts far below that
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float)
+
+
+def _series(value) -> bool:
+    """Whether `value` is a list of [iteration, number] pairs, as history and clock are."""
+    return isinstance(value, list) and all(
+        isinstance(e, list) and len(e) == 2 and _count(e[0]) and _number(e[1]) for e in value
+    )
+
+
+def _history(value) -> bool:
+    return isinstance(value, dict) and all(_series(value.get(k)) for k in ("train", "val"))
+
+
+def _rng(value) -> bool:
+    torch_state = value.get("torch") if isinstance(value, dict) else None
+    return isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8
+
+
+# What resuming reads besides the config, and what each must be.
+RESUME_KEYS = {"optimizer": lambda v: isinstance(v, dict), "rng": _rng, "iteration": _count,
+               "best_val_loss": _number, "best_iteration": _count, "evals_without_improvement": _count,
+               "history": _history, "seconds": _number, "clock": _series}  # fmt: skip
 assert set(RESUME_KEYS) >= {f.name for f in fields(TrainState)}  # a new field needs its check here
 
 
@@ -170,23 +195,8 @@ def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dic
         raise CheckpointError(
             f"{path} cannot be resumed: it lacks the training state ({', '.join(missing) or 'its flags'})"
         )
-    history, rng = checkpoint["history"], checkpoint["rng"]
-    fits = {
-        **{
-            key: isinstance(checkpoint[key], kind) and not isinstance(checkpoint[key], bool)
-            for key, kind in RESUME_KEYS.items()
-        },  # fmt: skip
-        "iteration": _count(checkpoint["iteration"]),
-        "best_iteration": _count(checkpoint["best_iteration"]),
-        "evals_without_improvement": _count(checkpoint["evals_without_improvement"]),
-        "history": isinstance(history, dict) and all(_series(history.get(k)) for k in ("train", "val")),
-        "clock": _series(checkpoint["clock"]),
-        "rng": isinstance(rng, dict)
-        and isinstance(rng.get("torch"), torch.Tensor)
-        and rng["torch"].dtype == torch.uint8,
-    }
-    for key, ok in fits.items():
-        if not ok:
+    for key, fits in RESUME_KEYS.items():
+        if not fits(checkpoint[key]):
             raise CheckpointError(f"{path} cannot be resumed: its {key} is not what a run saves")
     saved = saved_flags(checkpoint)
     if recipe not in (None, saved["recipe"]):
@@ -194,17 +204,6 @@ def resumed_flags(checkpoint: dict, path: str | Path, recipe: str | None) -> dic
             f"--recipe {recipe} differs from the checkpoint's {saved['recipe']}; a resumed run keeps it"
         )
     return saved
-
-
-def _count(value) -> bool:
-    return type(value) is int and 0 <= value < 10**12  # a run counts far below that
-
-
-def _series(value) -> bool:
-    """Whether `value` is a list of [iteration, number] pairs, as history and clock are."""
-    return isinstance(value, list) and all(
-        isinstance(e, list) and len(e) == 2 and _count(e[0]) and type(e[1]) in (int, float) for e in value
-    )
 
 
 def check_unchanged(saved: dict, flags: dict) -> None:
