@@ -38,8 +38,9 @@ MAX_INPUT_CHARS = 1000
 HELP = """commands:
   /greedy      most likely word at each step
   /beam N      beam search with N beams
-  /mmi         rerank the beam's replies with the backward model (/mmi off: stop)
-  /nbest N     hypotheses the beam keeps and MMI reranks
+  /mmi         rerank beam search's replies with the backward model, with the start-up
+               MMI settings (/mmi off: stop reranking)
+  /nbest N     hypotheses the beam keeps at least (MMI reranks all of them)
   /sample T    sampling at temperature T (with the --top-k / --top-p filters)
   /settings    show the decoding settings
   /help        this text
@@ -112,13 +113,20 @@ class Chat:
             if name == "greedy":
                 s = replace(s, method="greedy", rerank="none")
             elif name == "beam":
-                s = replace(s, method="beam", beam_size=positive_int(value) if value else s.beam_size)
+                # a beam of N: MMI, if on, reranks all N (the n-best list shown is one reply)
+                s = replace(
+                    s, method="beam", beam_size=positive_int(value) if value else s.beam_size, n_best=1
+                )
             elif name == "sample":
                 s = replace(s, method="sample", rerank="none",
                             temperature=temperature(value) if value else s.temperature)  # fmt: skip
             elif name == "mmi" and value == "off":
                 s = replace(s, rerank="none")
+            elif name == "mmi" and value:
+                return f"/mmi: expected nothing or off, got {value!r}"
             elif name == "mmi":
+                if self.args.rerank == "none":
+                    return "/mmi: chat.py was started with --rerank none; start it without to rerank"
                 if self.backward is None:
                     return (f"/mmi: no backward model (give --backward-model PATH, or train one into "
                             f"{BACKWARD_MODEL}: python train.py --reverse --save-dir checkpoints/backward)")  # fmt: skip

@@ -34,6 +34,7 @@ from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inferenc
 from seq2seq.cli import ArgumentParser, fail, positive_int, probability  # noqa: E402
 from seq2seq.cornell import CorpusError, read_pairs  # noqa: E402
 from seq2seq.decoding import DecodeSettings, backward_log_prob, beam_hypotheses, best, mmi_score  # noqa: E402
+from seq2seq.devices import DEVICES, DeviceError  # noqa: E402
 from seq2seq.files import write_text_atomic  # noqa: E402
 from seq2seq.metrics import generation_scores, most_frequent  # noqa: E402
 from seq2seq.vocab import EOS, detokenize, normalize, words_within  # noqa: E402
@@ -59,8 +60,9 @@ def scored_hypotheses(model, backward, vocab, queries, settings, batch_size):
     parts = []
     for start in range(0, len(queries), batch_size):
         batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries[start : start + batch_size]])
-        hyps = beam_hypotheses(model, batch.src, batch.lengths, settings)
-        parts.append((hyps, backward_log_prob(backward, batch.src, batch.lengths, hyps.tokens)))
+        src = batch.src.to(next(model.parameters()).device)
+        hyps = beam_hypotheses(model, src, batch.lengths, settings)
+        parts.append((hyps, backward_log_prob(backward, src, batch.lengths, hyps.tokens)))
     return parts
 
 
@@ -101,7 +103,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=positive_int, default=128, help="queries searched at once")
     p.add_argument("--limit", type=positive_int, help="use only the first N pairs of each split")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="as evaluate.py's default")
-    p.add_argument("--device", default="auto", help="where to run")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run")
     p.add_argument(
         "--max-top10", type=probability, default=0.25, help="the rule: the largest top-10 share allowed"
     )
@@ -117,7 +119,7 @@ def main() -> None:
         words = words_within(max_length)
         val_queries, val_refs = load_split(args.val_data, words)
         test_queries, test_refs = load_split(args.test_data, words)
-    except (CheckpointError, CorpusError) as error:
+    except (CheckpointError, CorpusError, DeviceError) as error:
         fail(str(error))
     val_queries, val_refs = val_queries[: args.limit], val_refs[: args.limit]
     test_queries, test_refs = test_queries[: args.limit], test_refs[: args.limit]
@@ -199,7 +201,10 @@ def main() -> None:
             "test": [{"decoding": asdict(s), "name": name_of(s), **report[name_of(s)]} for s in decoders],
             "samples": {"prompts": PROMPTS, **samples},
         }  # fmt: skip
-        write_text_atomic(args.output_json, json.dumps(result, indent=2) + "\n")
+        try:
+            write_text_atomic(args.output_json, json.dumps(result, indent=2) + "\n")
+        except OSError as error:
+            fail(f"cannot write {args.output_json}: {error.strerror or error}")
 
 
 if __name__ == "__main__":

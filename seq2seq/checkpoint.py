@@ -315,7 +315,7 @@ def load_for_inference(
 def load_backward(path: str | Path, vocab: Vocabulary, device: str, precision: str) -> Seq2Seq:
     """The backward model (train.py --reverse) at `path` for reranking a forward model of
     `vocab`: it reads the forward model's ids, so it must have the same vocabulary."""
-    if not Path(path).exists():
+    if not Path(path).is_file():
         raise CheckpointError(
             f"no backward model at {path}: train one with `python train.py --reverse --save-dir {Path(path).parent}`"
         )

@@ -157,9 +157,8 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rera
     d = DecodeSettings()
     parser.add_argument("--decoding", choices=METHODS,
                         help="how replies are chosen (default: beam when reranking, else greedy)")  # fmt: skip
-    parser.add_argument(
-        "--beam-size", type=positive_int, default=d.beam_size, help="beams for --decoding beam"
-    )
+    parser.add_argument("--beam-size", type=positive_int,
+                        help=f"beams for --decoding beam (default: {d.beam_size})")  # fmt: skip
     parser.add_argument("--length-penalty", type=finite, default=d.length_penalty,
                         help="beam: Wu et al.'s alpha (0: none)")  # fmt: skip
     parser.add_argument("--beam-groups", type=positive_int, default=d.beam_groups,
@@ -174,8 +173,8 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rera
     parser.add_argument("--backward-model", metavar="PATH",
                         help=f"the backward model for --rerank mmi (default: {BACKWARD_MODEL})")  # fmt: skip
     parser.add_argument("--n-best", type=positive_int,
-                        help="hypotheses the beam keeps and the reranker reorders (the beam widens to this many; "
-                        f"default: {d.n_best}, reranking: {MMI_DEFAULTS['n_best']})")  # fmt: skip
+                        help="hypotheses the beam keeps at least (it widens to this many; MMI reranks all it holds; "
+                        f"default: {d.n_best}, reranking: {MMI_DEFAULTS['n_best']} unless --beam-size is given)")  # fmt: skip
     parser.add_argument("--mmi-weight", type=probability,
                         help=f"lambda, the weight of log p(query | reply) (default: {MMI_DEFAULTS['mmi_weight']})")  # fmt: skip
     parser.add_argument("--length-bonus", type=finite,
@@ -224,6 +223,8 @@ def decode_settings(args: argparse.Namespace, max_length: int, rerank: bool = Fa
     checkpoint's, checkpoint.trained_max_length); `rerank` whether a backward model reranks.
     Raises DecodingError for settings that cannot decode."""
     unset = {**asdict(DecodeSettings()), **(MMI_DEFAULTS if rerank else {})}
+    if args.beam_size is not None:  # a beam size asked for is the beam, MMI's or not
+        unset["n_best"] = 1
     tuned = {
         name: unset[name] if getattr(args, name) is None else getattr(args, name) for name in RERANK_FLAGS
     }
@@ -231,7 +232,7 @@ def decode_settings(args: argparse.Namespace, max_length: int, rerank: bool = Fa
         method=args.decoding or ("beam" if rerank else "greedy"),
         max_length=args.max_length or max_length,
         min_length=args.min_length,
-        beam_size=args.beam_size,
+        beam_size=args.beam_size or DecodeSettings.beam_size,
         length_penalty=args.length_penalty,
         beam_groups=args.beam_groups,
         diversity_strength=args.diversity_strength,

@@ -82,7 +82,7 @@ class DecodeSettings:
             raise DecodingError(f"reranker must be one of {RERANKERS}, got {self.rerank!r}")
         if self.rerank != "none" and self.method != "beam":
             raise DecodingError("MMI reranks a beam search's hypotheses: use --decoding beam")
-        if self.width % self.beam_groups:
+        if self.method == "beam" and self.width % self.beam_groups:
             raise DecodingError(
                 f"--beam-groups {self.beam_groups} does not divide the beam of {self.width} (--beam-size, "
                 "or --n-best when larger)"
@@ -332,9 +332,10 @@ def mmi_score(
     tokens = hypotheses.tokens
     words = ((tokens != PAD) & (tokens != EOS)).sum(-1).float()
     score = (1.0 - weight) * hypotheses.log_prob + weight * query_given_reply + length_bonus * words
-    ended = (tokens == EOS).any(-1)
+    dead = hypotheses.log_prob.isneginf()
+    ended = (tokens == EOS).any(-1) & ~dead
     cut = ~ended & ended.any(-1, keepdim=True)
-    return score.masked_fill(hypotheses.log_prob.isneginf() | cut, float("-inf"))
+    return score.masked_fill(dead | cut, float("-inf"))
 
 
 def best(tokens: Tensor, score: Tensor, n: int) -> Replies:

@@ -168,6 +168,15 @@ def test_mmi_and_nbest_commands(trained_checkpoint, backward_checkpoint, tmp_pat
     plain = Chat(chat.make_parser().parse_args(["--model-path", str(trained_checkpoint)]))
     assert plain.command("/mmi").startswith("/mmi: no backward model")
     args = ["--model-path", str(trained_checkpoint), "--backward-model", str(backward_checkpoint)]
+    off = Chat(chat.make_parser().parse_args([*args, "--rerank", "none"]))
+    assert off.backward is None and off.command("/mmi").startswith(
+        "/mmi: chat.py was started with --rerank none"
+    )
+    sized = Chat(chat.make_parser().parse_args([*args, "--beam-size", "3", "--beam-groups", "3"]))
+    assert sized.settings.width == 3 and sized.settings.rerank == "mmi"  # the beam asked for, reranked
+    assert sized.command("/greedy") == "decoding: greedy"  # groups only bind beam search
+    assert sized.command("/nbest 4") == "decoding: greedy"
+    assert sized.command("/beam 4").startswith("/beam: --beam-groups 3 does not divide the beam of 4")
     bot = Chat(chat.make_parser().parse_args([*args, "--decoding", "greedy"]))
     assert bot.settings.rerank == "none" and bot.settings.method == "greedy"
     assert bot.command("/mmi") == "decoding: beam, 20 beams, reranked by MMI"
@@ -175,6 +184,9 @@ def test_mmi_and_nbest_commands(trained_checkpoint, backward_checkpoint, tmp_pat
     assert bot.command("/nbest 4") == "decoding: beam, 5 beams, reranked by MMI"  # --beam-size 5 is wider
     assert bot.command("/nbest x").startswith("/nbest: expected a positive integer")
     assert bot.command("/mmi off") == "decoding: beam, 5 beams"
-    assert bot.command("/beam 2") == "decoding: beam, 4 beams"  # /nbest 4 still holds
+    assert bot.command("/beam 2") == "decoding: beam, 2 beams"  # a beam of 2, whatever /nbest said
+    assert bot.command("/mmi") == "decoding: beam, 20 beams, reranked by MMI"
+    assert bot.command("/beam 3") == "decoding: beam, 3 beams, reranked by MMI"
+    assert bot.command("/mmi on").startswith("/mmi: expected nothing or off")
     assert bot.command("/sample 0.5") == "decoding: sample" and bot.settings.rerank == "none"
     assert "rerank=none" in bot.command("/settings")

@@ -98,6 +98,7 @@ def test_mmi_needs_a_backward_model():
     [
         (dict(method="greedy", rerank="mmi"), "use --decoding beam"),
         (dict(method="beam", beam_size=5, beam_groups=2), "does not divide"),
+        (dict(method="beam", beam_size=3, beam_groups=2, rerank="mmi"), "does not divide"),
         (dict(method="beam", rerank="mmi", mmi_weight=1.5), r"\[0, 1\]"),
         (dict(rerank="antilm"), "reranker"),
     ],
@@ -213,9 +214,7 @@ def test_groups_start_with_different_words():
     )
     for i in range(4):
         assert len(set(diverse.tokens[i, :, 0].tolist())) == 4  # a strong penalty: four first words
-    assert len({tuple(r) for r in diverse.tokens[:, :, 0].tolist()}) >= len(
-        {tuple(r) for r in plain.tokens[:, :, 0].tolist()}
-    )
+    assert any(len(set(plain.tokens[i, :, 0].tolist())) < 4 for i in range(4))  # which plain beams repeat
 
 
 def test_reranked_batches_equal_one_at_a_time():
