@@ -6,15 +6,33 @@ as SIGINT does (status 130 in a shell); files are written atomically (files.atom
 nothing half-written stays.
 """
 
+import os
+import signal
 import sys
+
+_interrupted = False
+
+
+def _note_ctrl_c(signum, frame) -> None:
+    """Python's own Ctrl-C handler, which also remembers that it ran: a Ctrl-C in the middle of
+    an extension module's import can surface as another error (numpy: "cannot load module more
+    than once per process"), and that error is the interruption too."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
 
 
 def _interrupted_in_one_line(kind, value, traceback) -> None:
-    if issubclass(kind, KeyboardInterrupt):
+    if issubclass(kind, KeyboardInterrupt) or _interrupted:
         print("\nerror: interrupted; files already written are intact", file=sys.stderr)
+        if not issubclass(kind, KeyboardInterrupt):
+            sys.stderr.flush()
+            os._exit(130)
         return  # Python then exits as SIGINT would (status 130 in a shell)
     sys.__excepthook__(kind, value, traceback)
 
 
 if sys.excepthook is sys.__excepthook__:  # not if someone (an IDE, a test runner) installed their own
     sys.excepthook = _interrupted_in_one_line
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _note_ctrl_c)
