@@ -29,15 +29,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluate import cut_queries, generate  # noqa: E402
-from seq2seq.batching import collate  # noqa: E402
 from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length  # noqa: E402
 from seq2seq.cli import ArgumentParser, fail, positive_int, probability  # noqa: E402
 from seq2seq.cornell import CorpusError, read_pairs  # noqa: E402
-from seq2seq.decoding import DecodeSettings, backward_log_prob, beam_hypotheses, best, mmi_score  # noqa: E402
+from seq2seq.decoding import (  # noqa: E402
+    DecodeSettings,
+    backward_log_prob,
+    beam_hypotheses,
+    best,
+    encode_queries,
+    mmi_score,
+)
 from seq2seq.devices import DEVICES, DeviceError  # noqa: E402
 from seq2seq.files import write_text_atomic  # noqa: E402
 from seq2seq.metrics import generation_scores, most_frequent  # noqa: E402
-from seq2seq.vocab import EOS, detokenize, normalize, words_within  # noqa: E402
+from seq2seq.vocab import detokenize, normalize, words_within  # noqa: E402
 
 # (N, G, delta): beam width, groups, diversity strength
 SEARCHES = [(10, 1, 0.0), (10, 5, 1.0), (20, 1, 0.0), (20, 4, 1.0), (40, 1, 0.0), (40, 8, 1.0)]
@@ -56,13 +62,12 @@ def load_split(path: str, words: int) -> tuple[list[str], list[str]]:
 
 def scored_hypotheses(model, backward, vocab, queries, settings, batch_size):
     """Every query's hypotheses with log p(T|S) and log p(S|T), concatenated over batches."""
-    keep = words_within(settings.max_length)
+    device = next(model.parameters()).device
     parts = []
     for start in range(0, len(queries), batch_size):
-        batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries[start : start + batch_size]])
-        src = batch.src.to(next(model.parameters()).device)
-        hyps = beam_hypotheses(model, src, batch.lengths, settings)
-        parts.append((hyps, backward_log_prob(backward, src, batch.lengths, hyps.tokens)))
+        src, lengths = encode_queries(vocab, queries[start : start + batch_size], settings.max_length, device)
+        hyps = beam_hypotheses(model, src, lengths, settings)
+        parts.append((hyps, backward_log_prob(backward, src, lengths, hyps.tokens)))
     return parts
 
 
@@ -174,18 +179,17 @@ def main() -> None:
                 *chosen.values()]  # fmt: skip
     greedy_test = generate(model, vocab, test_queries, plain, args.batch_size)
     test_top = most_frequent([detokenize(r) for r in greedy_test])
+    prompts = [normalize(text) for text in PROMPTS]
     report, samples = {}, {}
-    for settings in decoders:
-        mmi = backward if settings.rerank == "mmi" else None
+    for settings in decoders:  # the backward model is used by the reranked ones only
         replies = (
             greedy_test
             if settings == plain
-            else generate(model, vocab, test_queries, settings, args.batch_size, mmi)
+            else generate(model, vocab, test_queries, settings, args.batch_size, backward)
         )
         report[name_of(settings)] = generation_scores(replies, test_refs, test_top)
-        prompts = [normalize(text) for text in PROMPTS]
         samples[name_of(settings)] = [
-            detokenize(r) for r in generate(model, vocab, prompts, settings, 16, mmi)
+            detokenize(r) for r in generate(model, vocab, prompts, settings, 16, backward)
         ]
     print(f"\ntest ({len(test_queries):,} pairs), once:\n" + table(report))
     print("\nreplies:")

@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .batching import Batch, collate
 from .kernels import layout
-from .model import Memory, Seq2Seq
+from .model import Memory, Seq2Seq, sequence_loss
 from .vocab import EOS, PAD, SOS, UNK, Vocabulary, words_within
 
 METHODS = ("greedy", "beam", "sample")
@@ -174,12 +173,12 @@ def decode(
     needs the `backward` model, p(query | reply)."""
     if settings.method == "beam":
         hypotheses = beam_hypotheses(model, src, lengths, settings)
-        if settings.rerank == "none":
-            return best(hypotheses.tokens, hypotheses.ranked, settings.n_best)
-        if backward is None:
-            raise DecodingError("MMI reranking needs a backward model")
-        query_given_reply = backward_log_prob(backward, src, lengths, hypotheses.tokens)
-        score = mmi_score(hypotheses, query_given_reply, settings.mmi_weight, settings.length_bonus)
+        score = hypotheses.ranked
+        if settings.rerank == "mmi":
+            if backward is None:
+                raise DecodingError("MMI reranking needs a backward model")
+            query_given_reply = backward_log_prob(backward, src, lengths, hypotheses.tokens)
+            score = mmi_score(hypotheses, query_given_reply, settings.mmi_weight, settings.length_bonus)
         return best(hypotheses.tokens, score, settings.n_best)
     with _evaluating(model):
         memory, hidden = model.encode(src, lengths)
@@ -306,10 +305,7 @@ def backward_log_prob(backward: Seq2Seq, src: Tensor, lengths: Tensor, tokens: T
     queries = src.repeat_interleave(k, dim=0)
     with _evaluating(backward):
         if queries.numel() * backward.config.vocab_size <= PADDED_SCORING_LOGITS:
-            logits = backward(replies, reply_lengths, queries).float()
-            losses = F.cross_entropy(
-                logits.flatten(0, 1), queries.flatten(), ignore_index=PAD, reduction="none"
-            )
+            losses = sequence_loss(backward(replies, reply_lengths, queries), queries, reduction="none")
             return -losses.view(batch, k, -1).sum(-1)
         query_lengths = lengths.cpu().repeat_interleave(k)
         pairs = Batch(
@@ -357,8 +353,16 @@ def reply_batch(
 
     A query is cut to the words the model was trained on (`words_within(max_length)`).
     """
-    device = next(model.parameters()).device
-    keep = words_within(settings.max_length)
-    batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries])
-    replies = decode(model, batch.src.to(device), batch.lengths, settings, backward)
+    src, lengths = encode_queries(vocab, queries, settings.max_length, next(model.parameters()).device)
+    replies = decode(model, src, lengths, settings, backward)
     return [vocab.decode(row[0].tolist()) for row in replies.tokens.cpu()]
+
+
+def encode_queries(
+    vocab: Vocabulary, queries: list[str], max_length: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Normalised queries as the padded ids (B, S) on `device` and lengths (B,) on the CPU that
+    `decode` takes, each cut to the words the model was trained on (`words_within(max_length)`)."""
+    keep = words_within(max_length)
+    batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries])
+    return batch.src.to(device), batch.lengths
