@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
 from .checkpoint import TrainState, save_checkpoint, training_payload
+from .cli import first_line
 from .config import OPTIMIZERS, LoopSettings
 from .devices import autocast
 from .files import pyplot, save_figure
@@ -232,9 +233,7 @@ class Trainer:
                 RuntimeError,
             ) as error:  # a full disk reaches torch.save's writer as a RuntimeError
                 cause = error.__cause__ or error.__context__ or error
-                reason = (
-                    getattr(cause, "strerror", None) or (str(cause).strip().splitlines() or ["?"])[0][:200]
-                )
+                reason = getattr(cause, "strerror", None) or first_line(cause)
                 if shutil.disk_usage(self.save_dir).free < 2**20:  # torch's writer names no cause
                     reason = f"the disk is full: {reason}"
                 raise TrainingError(
