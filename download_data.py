@@ -1,7 +1,10 @@
-"""Download the Cornell Movie-Dialogs Corpus and build data/{train,val,test}.txt and stats.json.
+"""Build data/{train,val,test}.txt and stats.json from the Cornell Movie-Dialogs Corpus or a corpus you have.
 
 python download_data.py                                   # from Cornell's site
 python download_data.py --source ../shared/data/cornell   # from a zip or folder you have
+python download_data.py --source movie-corpus             # a ConvoKit corpus (utterances.jsonl), any one
+python download_data.py --source my_chats.txt             # a dialogue file: one turn a line ("Ann: hi"
+                                                          # or "hi"), a blank line between conversations
 """
 
 from seq2seq.cli import PAIR_FLAGS, ArgumentParser, add_data_arguments, fail

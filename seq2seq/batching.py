@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .cornell import Pair
 from .kernels import Layout, layout
-from .vocab import EOS, PAD, Vocabulary
+from .vocab import EOS, NO_CONTEXT, PAD, Context, Vocabulary, last_turn
 
 Example = tuple[list[int], list[int]]
 
@@ -36,11 +36,16 @@ class Batch(NamedTuple):
         return self.tgt_layout.tokens
 
 
-def encode_pairs(pairs: list[Pair], vocab: Vocabulary, max_length: int | None = None) -> list[Example]:
-    """Ids of both sides with EOS appended; with `max_length`, longer pairs are left out."""
-    examples = [(vocab.encode(q) + [EOS], vocab.encode(a) + [EOS]) for q, a in pairs]
-    if max_length is not None:
-        examples = [e for e in examples if len(e[0]) <= max_length and len(e[1]) <= max_length]
+def encode_pairs(
+    pairs: list[Pair], vocab: Vocabulary, max_length: int | None = None, context: Context = NO_CONTEXT
+) -> list[Example]:
+    """Ids of both sides, the source's as `context.source_ids` reads it; with `max_length`, pairs
+    whose query or reply is longer are left out (the context has its own budget)."""
+    examples = []
+    for source, reply in pairs:
+        target = [*vocab.encode(reply), EOS]
+        if max_length is None or max(len(target), len(last_turn(source).split()) + 1) <= max_length:
+            examples.append((context.source_ids(vocab, source), target))
     return examples
 
 

@@ -102,7 +102,7 @@ def fail(message: str, code: int = 1) -> None:
 # Pair-cutting flags and their PairSettings field names.
 PAIR_FLAGS = {"max_length": "max_length", "train_max_length": "train_max_length", "min_count": "min_count",
               "rare_words": "rare_words", "val_fraction": "val_fraction", "test_fraction": "test_fraction",
-              "split_seed": "seed"}  # fmt: skip
+              "split_seed": "seed", "context_turns": "context_turns", "context_length": "context_length"}  # fmt: skip
 
 
 def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None:
@@ -128,7 +128,9 @@ def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None
         parser.add_argument(name, help=help, **kwargs)
 
     add("--data-dir", "folder for train/val/test.txt, vocab.json, stats.json")
-    add("--source", "an already downloaded corpus zip or extracted folder (offline use)")
+    add("--source", "a corpus you have (offline use): the Cornell zip or its folder, a ConvoKit corpus "
+        "(utterances.jsonl) folder or zip, or a dialogue file: one turn a line, a blank line between "
+        "conversations")  # fmt: skip
     add("--url", "address of the corpus zip")
     add("--max-length", "keep pairs whose sides are shorter than this many tokens (room for EOS)",
         type=positive_int)  # fmt: skip
@@ -140,6 +142,10 @@ def add_data_arguments(parser: ArgumentParser, keep_built: bool = False) -> None
     add("--val-fraction", "share of conversations for validation", type=fraction)
     add("--test-fraction", "share of conversations for test", type=fraction)
     add("--split-seed", "seed of the conversation split", type=non_negative_int)
+    add("--context-turns", "earlier turns of the conversation each query keeps as context (0: pairs alone)",
+        type=non_negative_int)  # fmt: skip
+    add("--context-length", "tokens the context may take, each turn's EOS included (the oldest turn is cut "
+        "from the left)", type=positive_int)  # fmt: skip
 
 
 # Where `train.py --reverse --save-dir checkpoints/backward` writes the backward model that

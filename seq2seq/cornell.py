@@ -1,12 +1,14 @@
-"""The Cornell Movie-Dialogs Corpus: reading it, cutting query/reply pairs, splitting, pair files.
+"""The Cornell Movie-Dialogs Corpus and other dialogue: reading it, cutting query/reply pairs,
+splitting, pair files.
 
-Two layouts are read:
-- the official release: `movie_lines.txt` and `movie_conversations.txt`, fields separated by
-  " +++$+++ ", 8-bit text;
-- ConvoKit's `movie-corpus`: `utterances.jsonl`, one JSON utterance a line (the PyTorch tutorial
-  switched to it when the original links moved).
+Three layouts are read:
+- the official Cornell release: `movie_lines.txt` and `movie_conversations.txt`, fields
+  separated by " +++$+++ ", 8-bit text;
+- a ConvoKit corpus (its `utterances.jsonl`, one JSON utterance a line): the `movie-corpus` the
+  PyTorch tutorial switched to when the original links moved, or any other;
+- a plain dialogue file: one turn a line, a blank line between conversations.
 
-Either way a corpus becomes a list of conversations, each a list of normalised utterances in
+Each way a corpus becomes a list of conversations, each a list of normalised utterances in
 spoken order, where `None` marks an utterance that could not be used (missing, empty or
 undecodable). Bad items are skipped and counted by reason, never fatal.
 """
@@ -15,19 +17,33 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_path
-from .vocab import SPECIAL_TOKENS, Vocabulary, count_words, normalize, words_within
+from .vocab import (
+    NO_CONTEXT,
+    SPECIAL_TOKENS,
+    Context,
+    Vocabulary,
+    count_words,
+    join_turns,
+    last_turn,
+    normalize,
+    split_turns,
+    words_within,
+)
 
 FIELD_SEP = " +++$+++ "
+CONVOKIT_FILE = "utterances.jsonl"
 SPLITS = ("train", "val", "test")
 RARE_WORD_POLICIES = ("unk", "drop")
 
 Conversation = list[str | None]
-Pair = tuple[str, str]
+Utterance = tuple[str, str | None, str | None]  # ConvoKit's (id, reply_to, normalised text)
+Pair = tuple[str, str]  # (source, reply); a source may hold earlier turns (vocab.TURN_SEPARATOR)
 
 
 class CorpusError(Exception):
@@ -40,18 +56,22 @@ def find_corpus(folder: str | Path) -> tuple[str, Path]:
     for candidate in [folder, *sorted(p for p in folder.glob("*") if p.is_dir())]:
         if (candidate / "movie_lines.txt").is_file() and (candidate / "movie_conversations.txt").is_file():
             return "cornell", candidate
-        if (candidate / "utterances.jsonl").is_file():
+        if (candidate / CONVOKIT_FILE).is_file():
             return "convokit", candidate
     raise CorpusError(
         f"no Cornell corpus in {folder}: expected movie_lines.txt and movie_conversations.txt "
-        "(official release) or utterances.jsonl (ConvoKit movie-corpus)"
+        f"(official release) or {CONVOKIT_FILE} (a ConvoKit corpus); give a dialogue file by its own path"
     )
 
 
-def read_corpus(folder: str | Path) -> tuple[list[Conversation], Counter[str]]:
-    """Read the corpus in `folder` in whichever layout it has."""
-    layout, path = find_corpus(folder)
-    return read_cornell(path) if layout == "cornell" else read_convokit(path)
+def read_corpus(path: str | Path) -> tuple[list[Conversation], Counter[str]]:
+    """Read the corpus at `path`: a folder in either layout, or a file, which is a dialogue file
+    unless it is ConvoKit's utterances file itself."""
+    path = Path(path)
+    if path.is_file():
+        return read_convokit(path.parent) if path.name == CONVOKIT_FILE else read_dialogues(path)
+    layout, folder = find_corpus(path)
+    return read_cornell(folder) if layout == "cornell" else read_convokit(folder)
 
 
 def _decode_lines(path: Path, skipped: Counter[str]) -> list[str]:
@@ -130,30 +150,175 @@ def read_cornell(folder: Path) -> tuple[list[Conversation], Counter[str]]:
 
 
 def read_convokit(folder: Path) -> tuple[list[Conversation], Counter[str]]:
-    """Read ConvoKit's `utterances.jsonl`; a conversation's utterances are ordered by line number."""
+    """Read a ConvoKit `utterances.jsonl` (fields `id`, `conversation_id`, `reply_to`, `text`).
+
+    Conversations come in the order their ids first appear. A conversation is ordered by its
+    reply tree (`_reply_chains`); one where no utterance replies to another (an old export
+    without `reply_to`) by the number in its ids, as the movie-corpus numbers lines in spoken
+    order ("L1044"), else as the file has it.
+    """
     skipped: Counter[str] = Counter()
-    grouped: dict[str, list[tuple[int, str | None]]] = {}
-    with open(folder / "utterances.jsonl", encoding="utf-8", errors="replace") as f:
+    grouped: dict[str, list[Utterance]] = {}
+    with open(folder / CONVOKIT_FILE, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
-                key, order = str(item["conversation_id"]), int(str(item["id"]).lstrip("L"))
+                key, utterance_id = str(item["conversation_id"]), str(item["id"])
+                reply_to = item.get("reply_to")
                 text = normalize(str(item.get("text") or ""))
             except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 skipped["malformed_line"] += 1
                 continue
             if not text:
                 skipped["empty_utterance"] += 1
-            grouped.setdefault(key, []).append((order, text or None))
-    conversations = [[text for _, text in sorted(turns, key=lambda t: t[0])] for turns in grouped.values()]
+            reply_to = None if reply_to is None else str(reply_to)
+            grouped.setdefault(key, []).append((utterance_id, reply_to, text or None))
+    conversations = [
+        _reply_chains(turns, skipped) if any(r is not None for _, r, _ in turns) else _by_line_number(turns)
+        for turns in grouped.values()
+    ]
     return conversations, skipped
 
 
-def conversation_pairs(conversation: Conversation) -> list[Pair]:
-    """Each utterance with the one that answers it. An unusable utterance breaks the chain."""
-    return [(q, a) for q, a in zip(conversation, conversation[1:]) if q is not None and a is not None]
+def _by_line_number(turns: list[Utterance]) -> Conversation:
+    """Texts ordered by the number in their ids ("L1044" -> 1044); in file order if one has none."""
+    try:
+        turns = sorted(turns, key=lambda t: int(t[0].lstrip("L")))
+    except ValueError:
+        pass
+    return [text for _, _, text in turns]
+
+
+def _reply_chains(turns: list[Utterance], skipped: Counter[str]) -> Conversation:
+    """A conversation's reply tree as linear chains, so that every reply gives exactly one pair.
+
+    Walking the tree depth first, an utterance's first reply (in file order) continues its chain
+    and every further reply starts a new chain with a copy of the utterance it answers. A branch
+    thus carries context from its parent on only: copying the earlier turns as well would repeat
+    their pairs. The chains stay one conversation, apart by a `None` (no pair spans it), so that
+    a thread is never split between training and test. An utterance whose `reply_to` is not in
+    its conversation starts a chain of its own (counted); a cycle of replies, which a tree never
+    has, is cut at one reply (counted) and read like a tree from there.
+    """
+    index: dict[str, int] = {}
+    for i, (utterance_id, _, _) in enumerate(turns):
+        index.setdefault(utterance_id, i)
+    parent: list[int | None] = [None if r is None else index.get(r) for _, r, _ in turns]
+    children: list[list[int]] = [[] for _ in turns]
+    roots = []
+    for i, (_, reply_to, _) in enumerate(turns):
+        if parent[i] is None:
+            if reply_to is not None:
+                skipped["missing_reply_to"] += 1
+            roots.append(i)
+        else:
+            children[parent[i]].append(i)
+    seen = [False] * len(turns)
+    chains = [chain for root in roots for chain in _walk(root, children, seen)]
+    for i in range(len(turns)):  # what no root reaches hangs in or below a cycle
+        if not seen[i]:
+            skipped["reply_cycle"] += 1
+            chains += _walk(_in_cycle(i, parent), children, seen)
+    conversation: Conversation = []
+    for chain in chains:
+        conversation += ([None] if conversation else []) + [turns[i][2] for i in chain]
+    return conversation
+
+
+def _walk(root: int, children: list[list[int]], seen: list[bool]) -> list[list[int]]:
+    """The chains of `root`'s tree, depth first, without recursion (a thread may be deep)."""
+    chains = []
+    stack = [[root]]
+    while stack:
+        chain = stack.pop()
+        node = chain[-1]
+        while True:
+            seen[node] = True
+            replies = [r for r in children[node] if not seen[r]]
+            stack.extend([node, r] for r in reversed(replies[1:]))
+            if not replies:
+                break
+            node = replies[0]
+            chain.append(node)
+        chains.append(chain)
+    return chains
+
+
+def _in_cycle(node: int, parent: list[int | None]) -> int:
+    """An utterance of the reply cycle above `node` (every utterance up there has a parent)."""
+    passed = set()
+    while node not in passed:
+        passed.add(node)
+        node = parent[node]
+    return node
+
+
+# A speaker label: up to three words, at most 32 characters, then a colon and a space ("Dr. Who: ").
+_SPEAKER = re.compile(r"[ \t]*(?=[^:]{1,32}:)[^\s:]+(?: [^\s:]+){0,2}:(?:\s|$)")
+
+
+def read_dialogues(path: Path) -> tuple[list[Conversation], Counter[str]]:
+    """Read a plain dialogue file: one turn a line, a blank line between conversations.
+
+    A conversation's speaker labels ("Ann: hi") are stripped only when every one of its turns
+    has one, so that a "note: ..." in unlabelled text stays text. The file is UTF-8, or else
+    Windows-1252, what Windows editors save (a byte with no character there reads as a space:
+    dropping its line would join the turns around it into a false pair). A file that is binary,
+    empty or gives no pairs is an error that says why.
+    """
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise CorpusError(
+            f"{path} is not a dialogue file: it holds NUL bytes (binary, or UTF-16: save it as UTF-8)"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("cp1252", errors="replace")
+    skipped: Counter[str] = Counter()
+    conversations: list[Conversation] = []
+    block: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.strip():
+            block.append(line)
+        elif block:
+            labels = [_SPEAKER.match(turn) for turn in block]
+            if all(labels):
+                block = [turn[label.end() :] for turn, label in zip(block, labels)]
+            conversation: Conversation = [normalize(turn) or None for turn in block]
+            if None in conversation:
+                skipped["empty_utterance"] += conversation.count(None)
+            conversations.append(conversation)
+            block = []
+    layout = "put each turn on its own line and a blank line between conversations"
+    if not conversations:
+        raise CorpusError(f"{path} holds no text: {layout}")
+    if all(len(c) < 2 for c in conversations):
+        raise CorpusError(f"{path} gives no pairs: every conversation has a single turn; {layout}")
+    if not any(conversation_pairs(c) for c in conversations):
+        raise CorpusError(
+            f"{path} gives no pairs: no two turns in a row both hold words (letters a-z, . ! ?)"
+        )
+    return conversations, skipped
+
+
+def conversation_pairs(conversation: Conversation, context: Context = NO_CONTEXT) -> list[Pair]:
+    """Each utterance with the one that answers it, as (source, reply): the source is the
+    utterance, after up to `context.turns` earlier ones (`context.cut`). An unusable utterance
+    breaks the chain: no pair spans it, and no context reaches back past it."""
+    pairs = []
+    for i, (query, reply) in enumerate(zip(conversation, conversation[1:])):
+        if query is None or reply is None:
+            continue
+        earlier: list[str] = []
+        for turn in reversed(conversation[max(0, i - context.turns) : i]):
+            if turn is None:
+                break
+            earlier.insert(0, turn)
+        pairs.append((join_turns([*context.cut(earlier), query]), reply))
+    return pairs
 
 
 def split_conversations(n: int, val_fraction: float, test_fraction: float, seed: int) -> list[str]:
@@ -175,7 +340,10 @@ class PairSettings:
     """How pairs are cut. `max_length` counts the EOS token: a side of 9 tokens fits length 10.
 
     `train_max_length` lets training pairs be longer than validation and test ones (0 or any
-    value up to `max_length`: no longer). The vocabulary is still counted on training pairs
+    value up to `max_length`: no longer). `context_turns` earlier turns within `context_length`
+    tokens go before each query (vocab.Context); the lengths, the rare words and the vocabulary
+    look at queries and replies only, so every split holds the same (query, reply) pairs
+    whatever the context. The vocabulary is still counted on training pairs
     within `max_length`, so it and the held-out files are exactly those of a build without
     longer pairs; train.py uses the longer pairs only when asked (`--long-pairs`).
     """
@@ -187,6 +355,12 @@ class PairSettings:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     seed: int = 0
+    context_turns: int = 0
+    context_length: int = Context.tokens
+
+    @property
+    def context(self) -> Context:
+        return Context(self.context_turns, self.context_length)
 
 
 @dataclass
@@ -212,11 +386,11 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
     raw: dict[str, list[Pair]] = {s: [] for s in SPLITS}
     conversation_counts: Counter[str] = Counter()
     for conversation, split in zip(conversations, assignment):
-        raw[split].extend(conversation_pairs(conversation))
+        raw[split].extend(conversation_pairs(conversation, settings.context))
         conversation_counts[split] += 1
 
     def fits(pair: Pair, max_length: int) -> bool:
-        return all(side.count(" ") + 1 <= words_within(max_length) for side in pair)
+        return all(side.count(" ") + 1 <= words_within(max_length) for side in (last_turn(pair[0]), pair[1]))
 
     train_length = max(settings.train_max_length, settings.max_length)
     short_pairs = {
@@ -224,23 +398,27 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
         for s in SPLITS
     }
     counts = count_words(
-        side for pair in short_pairs["train"] if fits(pair, settings.max_length) for side in pair
+        side for pair in short_pairs["train"] if fits(pair, settings.max_length) for side in exchange(pair)
     )
     vocab = Vocabulary.from_counts(counts, settings.min_count)
     if settings.rare_words == "drop":
         known = vocab.word_to_index
 
         def keep(pair: Pair) -> bool:
-            return all(w in known for side in pair for w in side.split())
+            return all(w in known for side in exchange(pair) for w in side.split())
 
         kept = {s: [p for p in short_pairs[s] if keep(p)] for s in SPLITS}
     else:
         kept = short_pairs
 
     def unk_tokens(pairs: list[Pair]) -> int:
-        return sum(len(vocab.unknown_words(side)) for pair in pairs for side in pair)
+        return sum(len(vocab.unknown_words(side)) for pair in pairs for side in exchange(pair))
 
-    seen_in_train = set(kept["train"])
+    seen_in_train = set(map(exchange, kept["train"]))
+
+    def also_in_train(split: str) -> int:
+        # the same (query, reply) text can recur in other conversations ("what ?" / "nothing .")
+        return 0 if split == "train" else sum(exchange(p) in seen_in_train for p in kept[split])
 
     stats = {
         "conversations": len(conversations),
@@ -254,8 +432,8 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
                 "conversations": conversation_counts[s],
                 "pairs": len(kept[s]),
                 "unk_tokens": unk_tokens(kept[s]),
-                # the same (query, reply) text can recur in other conversations ("what ?" / "nothing .")
-                "pairs_also_in_train": 0 if s == "train" else sum(p in seen_in_train for p in kept[s]),
+                "pairs_also_in_train": also_in_train(s),
+                **({"context": context_stats(kept[s])} if settings.context_turns else {}),
             }
             for s in SPLITS
         },
@@ -264,8 +442,24 @@ def make_pairs(conversations: list[Conversation], settings: PairSettings) -> Pai
     return PairedCorpus(kept, vocab, stats)
 
 
+def exchange(pair: Pair) -> Pair:
+    """A pair without its context: (query, reply)."""
+    return last_turn(pair[0]), pair[1]
+
+
+def context_stats(pairs: list[Pair]) -> dict:
+    """How much context a split's sources carry: pairs with any, turns and tokens (EOS included)."""
+    contexts = [split_turns(source)[:-1] for source, _ in pairs]
+    return {
+        "pairs_with_context": sum(bool(c) for c in contexts),
+        "turns": sum(map(len, contexts)),
+        "tokens": sum(len(turn.split()) + 1 for c in contexts for turn in c),
+    }
+
+
 def write_pairs(path: str | Path, pairs: list[Pair]) -> None:
-    """Write one `query<TAB>reply` pair a line, atomically."""
+    """Write one pair a line, atomically: `query<TAB>reply`, or with context
+    `earlier turn<TAB>...<TAB>query<TAB>reply` (the source's turns, oldest first, then the reply)."""
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{q}\t{a}\n" for q, a in pairs), encoding="utf-8")
 
@@ -286,9 +480,11 @@ def read_pairs(path: str | Path) -> list[Pair]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        sides = line.split("\t")
-        query, reply = (normalize(s) for s in sides) if len(sides) == 2 else ("", "")
-        if not query or not reply:
-            raise CorpusError(f"{path}:{number}: expected `query<TAB>reply` with two non-empty sides")
-        pairs.append((query, reply))
+        sides = [normalize(side) for side in line.split("\t")]
+        if len(sides) < 2 or not all(sides):
+            raise CorpusError(
+                f"{path}:{number}: expected `query<TAB>reply` (earlier turns before the query, each "
+                "followed by a TAB), every field non-empty"
+            )
+        pairs.append((join_turns(sides[:-1]), sides[-1]))
     return pairs

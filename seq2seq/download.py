@@ -131,7 +131,10 @@ def _corpus_members(archive: zipfile.ZipFile) -> dict[str, str]:
         return {m: found[m] for m in CORNELL_MEMBERS}
     if all(m in found for m in CONVOKIT_MEMBERS):
         return {m: found[m] for m in CONVOKIT_MEMBERS}
-    raise DataError("the zip holds no Cornell corpus (no movie_lines.txt/movie_conversations.txt)")
+    raise DataError(
+        "the zip holds no Cornell corpus (movie_lines.txt and movie_conversations.txt) "
+        "nor a ConvoKit one (utterances.jsonl)"
+    )
 
 
 def verify_zip(path: Path) -> dict[str, str]:
@@ -169,7 +172,8 @@ def extract(zip_path: Path, dest: Path) -> None:
 
 
 def locate_corpus(data_dir: Path, source: str | None, url: str, force: bool) -> Path:
-    """Return a folder holding the raw corpus, downloading or extracting only what is missing."""
+    """Return the raw corpus, downloading or extracting only what is missing: a folder, or a
+    dialogue file (any file that is not a zip), which is read where it is."""
     if source is not None:
         source_path = Path(source).expanduser()
         if source_path.is_dir():
@@ -178,7 +182,12 @@ def locate_corpus(data_dir: Path, source: str | None, url: str, force: bool) -> 
             except CorpusError as error:
                 raise DataError(str(error)) from None
         if not source_path.is_file():
-            raise DataError(f"--source {source} does not exist: give the corpus zip or its extracted folder")
+            raise DataError(
+                f"--source {source} does not exist: give the corpus zip, its extracted folder "
+                "or a dialogue file"
+            )
+        if source_path.suffix.lower() != ".zip" and not zipfile.is_zipfile(source_path):
+            return source_path
         zip_path = source_path
     else:
         zip_path = data_dir / ZIP_NAME
@@ -219,7 +228,7 @@ def prepare_data(
             return previous | {"skipped_build": True}
         stats_path.unlink(missing_ok=True)  # the old build stops counting as finished from here on
         corpus_before = (previous or {}).get("corpus")
-        if source is None and isinstance(corpus_before, str) and Path(corpus_before).is_dir():
+        if source is None and isinstance(corpus_before, str) and Path(corpus_before).exists():
             source = corpus_before  # rebuild from the corpus the last build read
         corpus = locate_corpus(data_dir, source, url, force)
         start = time.perf_counter()
@@ -229,10 +238,14 @@ def prepare_data(
         paired = make_pairs(conversations, settings)
         if not paired.splits["train"] or len(paired.vocab) == len(SPECIAL_TOKENS):
             found = "no training pairs" if not paired.splits["train"] else "no word seen --min-count times"
+            hint = (
+                "is it the Cornell corpus, its lines and conversations from the same release?"
+                if (Path(corpus) / "movie_lines.txt").is_file()
+                else "do --max-length, --min-count and the split fractions leave any?"
+            )
             raise DataError(
                 f"{corpus} gives {found} ({len(conversations):,} conversations read, skipped: "
-                f"{dict(skipped) or 'nothing'}): is it the Cornell corpus, its lines and conversations "
-                "from the same release?"
+                f"{dict(skipped) or 'nothing'}): {hint}"
             )
         for split in SPLITS:
             write_pairs(data_dir / f"{split}.txt", paired.splits[split])
@@ -259,12 +272,14 @@ def prepare_data(
 
 
 def built_settings(stats: dict | None) -> dict | None:
-    """The pair settings a finished build used (builds from before `train_max_length` had none:
-    0); None unless they are PairSettings' fields, each of its type."""
+    """The pair settings a finished build used (builds from before `train_max_length` and the
+    context had none: 0, and no context); None unless they are PairSettings' fields, each of its
+    type."""
     settings = (stats or {}).get("settings")
     if not isinstance(settings, dict):
         return None
-    settings = {"train_max_length": 0, **settings}
+    settings = {"train_max_length": 0, "context_turns": 0, "context_length": PairSettings.context_length,
+                **settings}  # fmt: skip
     kinds = {name: type(value) for name, value in vars(PairSettings()).items()}
     fits = {
         k: type(settings.get(k)) is kind or (kind is float and type(settings.get(k)) is int)
@@ -305,6 +320,14 @@ def _summary(stats: dict) -> str:
         f"vocabulary: {vocab['kept_words']:,} words seen >= {stats['settings']['min_count']} times"
         f" of {vocab['train_words']:,} in train",
     ]
+    settings, train = stats["settings"], stats["splits"]["train"]
+    if settings.get("context_turns"):
+        context = train["context"]
+        lines.append(
+            f"context: up to {settings['context_turns']} earlier turns within {settings['context_length']} tokens; "
+            f"{context['pairs_with_context']:,} of {train['pairs']:,} training pairs carry some "
+            f"({context['turns']:,} turns, {context['tokens']:,} tokens)"
+        )
     if stats["skipped"]:
         lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in stats["skipped"].items()))
     return "\n".join(lines)

@@ -36,7 +36,7 @@ from .training import (
     plot_losses,
     without_run_end_validation,
 )
-from .vocab import SPECIAL_TOKENS, Vocabulary
+from .vocab import SPECIAL_TOKENS, Vocabulary, last_turn
 
 SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
 
@@ -86,8 +86,9 @@ def check_pairs(saved: dict, flags: dict) -> None:
 
 
 def directed(pairs: list[tuple[str, str]], reverse: bool) -> list[tuple[str, str]]:
-    """The pairs as the model learns them: (query, reply), or (reply, query) for a backward model."""
-    return [(reply, query) for query, reply in pairs] if reverse else pairs
+    """The pairs as the model learns them: (source, reply), or (reply, query) for a backward
+    model, which scores the query alone (decoding.backward_log_prob): it drops any context."""
+    return [(reply, last_turn(source)) for source, reply in pairs] if reverse else pairs
 
 
 def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
@@ -110,7 +111,10 @@ def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
                 f"cannot use {data_dir}/vocab.json ({error}); rebuild with download_data.py --force"
             ) from None
     longest = max(pairs.train_max_length, pairs.max_length) if flags["long_pairs"] else pairs.max_length
-    train = encode_pairs(directed(read_pairs(data_dir / "train.txt"), flags["reverse"]), vocab, longest)
+    context = pairs.context
+    train = encode_pairs(
+        directed(read_pairs(data_dir / "train.txt"), flags["reverse"]), vocab, longest, context
+    )
     if flags["long_pairs"] and pairs.train_max_length <= pairs.max_length and world.is_main:
         print(
             f"note: --long-pairs, but {data_dir}/ holds no training pairs longer than --max-length "
@@ -118,7 +122,7 @@ def load_data(flags: dict, vocab: Vocabulary | None, world: distributed.World):
             file=sys.stderr,
         )
     val_pairs = directed(read_pairs(data_dir / "val.txt"), flags["reverse"])
-    val = encode_pairs(val_pairs, vocab, pairs.max_length)
+    val = encode_pairs(val_pairs, vocab, pairs.max_length, context)
     if not val:
         raise CorpusError(
             f"{data_dir}/val.txt has no pairs of at most {pairs.max_length} tokens to validate on"

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>", "<unk>")
@@ -24,6 +25,64 @@ def words_within(max_length: int) -> int:
     TorchScript cannot call this; its parity tests guard the copy.)
     """
     return max_length - 1
+
+
+# A source is the turns the encoder reads: the earlier turns of the conversation (oldest first),
+# if the model takes context, then the query. In memory and in pair files its turns are joined
+# by a tab; the encoder reads each turn closed by EOS, so EOS is the turn separator and a source
+# without context is encoded exactly as a lone query always was. (The "flat" baseline of
+# Serban et al. 2016, one RNN over the concatenated turns with end-of-utterance tokens, is the
+# same idea.)
+TURN_SEPARATOR = "\t"
+
+
+def split_turns(source: str) -> list[str]:
+    return source.split(TURN_SEPARATOR)
+
+
+def join_turns(turns: Iterable[str]) -> str:
+    return TURN_SEPARATOR.join(turns)
+
+
+def last_turn(source: str) -> str:
+    """The query of a source: what the reply answers, and what a backward model scores."""
+    return source.rpartition(TURN_SEPARATOR)[2]
+
+
+@dataclass(frozen=True)
+class Context:
+    """How much of the conversation a model reads before the query: up to `turns` earlier
+    turns within `tokens` tokens (each turn's words and the EOS that closes it). Training data
+    (download_data.py --context-turns) and chat history are cut by the same rule, `cut`."""
+
+    turns: int = 0
+    tokens: int = 20
+
+    def cut(self, turns: list[str]) -> list[str]:
+        """The last `self.turns` of `turns` (oldest first) that fit the budget; when only part of
+        the oldest fits, its last words are kept (text is cut from the left, far from the query)."""
+        kept: list[str] = []
+        room = self.tokens
+        for turn in reversed(turns[max(0, len(turns) - self.turns) :] if self.turns else []):
+            words = turn.split()
+            if room < 2 or not words:
+                break
+            words = words[-(room - 1) :]
+            kept.append(" ".join(words))
+            room -= len(words) + 1
+        return kept[::-1]
+
+    def source_ids(self, vocab: Vocabulary, source: str, query_words: int | None = None) -> list[int]:
+        """Ids of a source: its context as `cut` keeps it, each turn closed by EOS, then its query
+        (its first `query_words` words, if given) and EOS."""
+        *context, query = split_turns(source)
+        ids: list[int] = []
+        for turn in self.cut(context):
+            ids += [*vocab.encode(turn), EOS]
+        return [*ids, *vocab.encode(query)[:query_words], EOS]
+
+
+NO_CONTEXT = Context()
 
 
 # Normalisation, applied identically to the corpus, to chat input and to evaluation data:
@@ -63,6 +122,11 @@ def detokenize(tokens: Iterable[str]) -> str:
             out += " "
         out += token
     return out
+
+
+def show_source(source: str) -> str:
+    """A source for display: its turns detokenised, oldest first, separated by " | "."""
+    return " | ".join(detokenize(turn.split()) for turn in split_turns(source))
 
 
 def count_words(sentences: Iterable[str]) -> Counter[str]:
