@@ -7,7 +7,11 @@
 
 A backward model (train.py --reverse) given with --backward-model, or found at
 checkpoints/backward/best_model.pth, reranks the beam's replies by MMI (README, "Chat").
-At the prompt: /help, /greedy, /beam N, /mmi, /nbest N, /sample T, /settings, /quit.
+A model trained with context (download_data.py --context-turns K) reads the last K turns of
+the conversation, yours and its own: piped lines are one conversation, and a blank line starts a
+new one (--no-context: every line alone).
+At the prompt: /help, /greedy, /beam N, /mmi, /nbest N, /sample T, /context, /reset, /settings,
+/quit.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length
+from seq2seq.checkpoint import context as checkpoint_context
 from seq2seq.cli import (
     BACKWARD_MODEL,
     ArgumentParser,
@@ -29,9 +34,9 @@ from seq2seq.cli import (
     reranks,
     temperature,
 )
-from seq2seq.decoding import DecodingError, reply_batch
+from seq2seq.decoding import Conversation, DecodingError
 from seq2seq.devices import DeviceError
-from seq2seq.vocab import detokenize, normalize, words_within
+from seq2seq.vocab import NO_CONTEXT, detokenize, normalize, words_within
 
 HISTORY_FILE = Path.home() / ".chatbot_seq2seq_history"
 MAX_INPUT_CHARS = 1000
@@ -42,6 +47,8 @@ HELP = """commands:
                MMI settings (/mmi off: stop reranking)
   /nbest N     hypotheses the beam keeps at least (MMI reranks all of them)
   /sample T    sampling at temperature T (with the --top-k / --top-p filters)
+  /context     show the earlier turns the model reads with your next line
+  /reset       forget the conversation: start a new one
   /settings    show the decoding settings
   /help        this text
   /quit        leave (also quit, q, Ctrl-D)"""
@@ -51,6 +58,8 @@ def make_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to talk to")
     add_decoding_arguments(p, rerank="auto")
+    p.add_argument("--no-context", action="store_true",
+                   help="answer every line alone, even with a model trained to read earlier turns")  # fmt: skip
     return p
 
 
@@ -62,25 +71,35 @@ class Chat:
         self.args = args
         self.model, self.vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
         self.max_length = trained_max_length(checkpoint)
+        self.trained_context = checkpoint_context(checkpoint)
+        self.context = NO_CONTEXT if args.no_context else self.trained_context
+        self.conversation = Conversation(self.context)
         self.backward_path = backward_model(args)
         self.backward = None
         if self.backward_path:
             self.backward = load_backward(self.backward_path, self.vocab, args.device, args.precision)
         self.settings = decode_settings(args, self.max_length, reranks(args, self.backward is not None))
 
-    def startup(self) -> str | None:
-        """What the user should know about reranking before the first reply."""
+    def startup(self) -> list[str]:
+        """What the user should know about context and reranking before the first reply."""
+        lines = []
+        if self.context.turns:
+            lines.append(f"the model reads the last {self.context.turns} turns of the conversation "
+                         "(/context shows them, /reset forgets them)")  # fmt: skip
+        elif self.trained_context.turns:
+            lines.append(f"--no-context: every line is answered alone (the model was trained on "
+                         f"{self.trained_context.turns} earlier turns)")  # fmt: skip
         s = self.settings
         if s.rerank == "mmi":
             groups = f" in {s.beam_groups} diverse groups" if s.beam_groups > 1 else ""
-            return (f"replies are reranked by MMI with {self.backward_path} (lambda {s.mmi_weight}, "
-                    f"gamma {s.length_bonus}, {s.width} hypotheses{groups})")  # fmt: skip
-        if self.backward is not None:
-            return f"backward model {self.backward_path} loaded: /mmi reranks beam search with it"
-        if self.args.rerank == "auto":
-            return (f"no backward model at {BACKWARD_MODEL}, so replies are not reranked "
-                    "(train one: python train.py --reverse --save-dir checkpoints/backward)")  # fmt: skip
-        return None
+            lines.append(f"replies are reranked by MMI with {self.backward_path} (lambda {s.mmi_weight}, "
+                         f"gamma {s.length_bonus}, {s.width} hypotheses{groups})")  # fmt: skip
+        elif self.backward is not None:
+            lines.append(f"backward model {self.backward_path} loaded: /mmi reranks beam search with it")
+        elif self.args.rerank == "auto":
+            lines.append(f"no backward model at {BACKWARD_MODEL}, so replies are not reranked "
+                         "(train one: python train.py --reverse --save-dir checkpoints/backward)")  # fmt: skip
+        return lines
 
     def respond(self, line: str) -> tuple[str, list[str]]:
         """The reply (empty if there is nothing to answer) and notes for the user."""
@@ -100,8 +119,21 @@ class Chat:
         if unknown:
             shown = ", ".join(dict.fromkeys(unknown))
             notes.append(f"words I don't know: {shown[:200]}")
-        reply = reply_batch(self.model, self.vocab, [query], self.settings, self.backward)[0]
+        reply = self.conversation.reply(self.model, self.vocab, query, self.settings, self.backward)
         return detokenize(reply), notes
+
+    def show_context(self) -> str:
+        """The earlier turns the next reply reads, as the model reads them (`Context.cut`)."""
+        if not self.context.turns:
+            why = "--no-context" if self.trained_context.turns else "it was trained with --context-turns 0"
+            return f"the model reads no earlier turns ({why})"
+        turns = self.context.cut(self.conversation.history)
+        if not turns:
+            return "no earlier turns yet: your next line starts the conversation"
+        speakers = ["bot" if i % 2 == 0 else "you" for i in range(len(turns))][
+            ::-1
+        ]  # the last turn is the bot's
+        return "\n".join(f"  {who}: {detokenize(turn.split())}" for who, turn in zip(speakers, turns))
 
     def command(self, line: str) -> str | None:
         """Handle a /command; return what to show, or None to quit."""
@@ -134,6 +166,11 @@ class Chat:
                 s = decode_settings(beam, self.max_length, rerank=True)
             elif name == "nbest":
                 s = replace(s, n_best=positive_int(value))
+            elif name == "context":
+                return self.show_context()
+            elif name == "reset":
+                self.conversation.reset()
+                return "new conversation: earlier turns forgotten"
             elif name == "settings":
                 return ", ".join(f"{k}={v}" for k, v in asdict(s).items())
             elif name != "help":
@@ -191,6 +228,8 @@ def piped(chat: Chat) -> None:
     """One reply line on stdout for every input line; notes go to stderr."""
     sys.stdin.reconfigure(errors="replace")
     for number, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            chat.conversation.reset()  # a blank line starts a new conversation (and is still answered with a line)
         reply, notes = chat.respond(line.rstrip("\n"))
         for note in notes:
             print(f"line {number}: {note}", file=sys.stderr)
@@ -203,8 +242,8 @@ def main() -> None:
         chat = Chat(args)
     except (CheckpointError, DeviceError, DecodingError) as error:
         fail(str(error))
-    if chat.startup():
-        print(chat.startup(), file=sys.stderr)
+    for line in chat.startup():
+        print(line, file=sys.stderr)
     try:
         (interactive if sys.stdin.isatty() else piped)(chat)
     except KeyboardInterrupt:

@@ -7,11 +7,13 @@
 
 A TorchScript file holds the model, the vocabulary and the normalisation:
 torch.jit.load(path).reply("hi") answers in any process (or from C++ libtorch), and
-.forward(ids) maps an encoded query to the reply's ids. Note: TorchScript is deprecated in
+.forward(ids) maps an encoded query to the reply's ids. The bot of a model trained with context
+keeps the conversation as chat.py does (reply() reads the last turns; .reset() forgets them). Note: TorchScript is deprecated in
 PyTorch 2.x in favour of torch.export, and every torch.jit call warns so; --method export writes
 the encoder and the decoder step as torch.export programs instead (the search loop and the text
 handling stay in Python there). Every export is checked: its replies must equal the eager
-model's greedy replies on --prompts prompts.
+model's greedy replies on --prompts prompts (for a context model, said as conversations of
+CONVERSATION turns each).
 """
 
 import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
@@ -22,20 +24,24 @@ from pathlib import Path
 import torch
 
 from seq2seq.checkpoint import CheckpointError, load_for_inference, trained_max_length
+from seq2seq.checkpoint import context as checkpoint_context
 from seq2seq.cli import ArgumentParser, fail, first_line, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
-from seq2seq.decoding import DecodeSettings, reply_batch
+from seq2seq.decoding import Conversation, DecodeSettings
 from seq2seq.export import build_bot, export_parts
 from seq2seq.files import FolderError, atomic_path, ensure_space, remove_stale_temporaries
-from seq2seq.vocab import detokenize, random_sentences
+from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences, words_within
 
 DEFAULT_OUTPUT = {"trace": "checkpoints/model_traced.pt", "script": "checkpoints/model_scripted.pt",
                   "export": "checkpoints/model_exported.pt2"}  # fmt: skip
 
 
+CONVERSATION = 5  # turns of each conversation the parity check holds with a context model
+
+
 def prompts_for(path: str, count: int, vocab) -> list[str]:
     """Queries from the test file when there is one, topped up with random sentences."""
-    queries = [query for query, _ in read_pairs(path)][:count] if Path(path).exists() else []
+    queries = [last_turn(query) for query, _ in read_pairs(path)][:count] if Path(path).exists() else []
     return queries + random_sentences(vocab.index_to_word[4:], count - len(queries))
 
 
@@ -81,33 +87,45 @@ def main() -> None:
         prompts = prompts_for(args.test_data, args.prompts, vocab)
     except (CheckpointError, CorpusError) as error:
         fail(str(error))
-    max_length = trained_max_length(checkpoint)
+    max_length, context = trained_max_length(checkpoint), checkpoint_context(checkpoint)
     output = Path(args.output_path or DEFAULT_OUTPUT[args.method])
     settings = DecodeSettings(max_length=max_length)
+    said = Conversation(context)
 
     def eager(prompt: str) -> str:
-        return detokenize(reply_batch(model, vocab, [prompt], settings)[0])
+        query = " ".join(normalize(prompt).split()[: words_within(max_length)])
+        return detokenize(said.reply(model, vocab, query, settings))
+
+    def conversation(reply, reset) -> list[str]:
+        """Replies to the prompts, said in conversations of CONVERSATION turns."""
+        replies = []
+        for i, prompt in enumerate(prompts):
+            if i % CONVERSATION == 0:
+                reset()
+            replies.append(reply(prompt))
+        return replies
 
     def check(bot) -> int:
         """Replies identical to eager; an fp32 export that differs is refused before it is kept."""
-        same = sum(bot.reply(prompt) == expected for prompt, expected in zip(prompts, reference))
+        replies = conversation(bot.reply, bot.reset)
+        same = sum(got == expected for got, expected in zip(replies, reference))
         print(f"parity: {same}/{len(prompts)} replies identical to the eager fp32 model")
         if not int8 and same != len(prompts):
             fail(f"the export differs from the eager model on {len(prompts) - same} prompts; nothing written")
         return same
 
-    reference = [eager(prompt) for prompt in prompts]
+    reference = conversation(eager, said.reset)
     try:
         remove_stale_temporaries(output.parent)
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         ensure_space(output.parent, 2 * weights + 2**20)  # the file, and the temporary beside it
         if args.method == "export":
-            bot = export_parts(model, vocab, max_length, output)
+            bot = export_parts(model, vocab, max_length, output, context)
             check(bot)
             written = f"{output.with_suffix('.encoder.pt2')} and {output.with_suffix('.step.pt2')}"
         else:
             with atomic_path(output) as tmp:
-                build_bot(model, vocab, max_length, args.method, int8).save(str(tmp))
+                build_bot(model, vocab, max_length, args.method, int8, context).save(str(tmp))
                 bot = torch.jit.load(str(tmp))  # check the file, not the object in memory
                 check(bot)
             written = str(output) + (" (GRU and linear layers quantised to int8)" if int8 else "")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from seq2seq.batching import encode_pairs, iterate_batches
 from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length
+from seq2seq.checkpoint import context as checkpoint_context
 from seq2seq.cli import (
     ArgumentParser,
     add_decoding_arguments,
@@ -38,20 +39,35 @@ from seq2seq.files import write_text_atomic
 from seq2seq.metrics import generation_scores, most_frequent
 from seq2seq.model import Seq2Seq
 from seq2seq.training import perplexity, teacher_forced_scores
-from seq2seq.vocab import Vocabulary, detokenize, words_within
+from seq2seq.vocab import (
+    NO_CONTEXT,
+    TURN_SEPARATOR,
+    Context,
+    Vocabulary,
+    detokenize,
+    join_turns,
+    last_turn,
+    show_source,
+    split_turns,
+    words_within,
+)
 
 
 def make_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to evaluate")
     p.add_argument(
-        "--test-data", default="data/test.txt", help="query<TAB>reply pairs (download_data.py writes them)"
+        "--test-data",
+        default="data/test.txt",
+        help="query<TAB>reply pairs, earlier turns first when built with context (download_data.py writes them)",
     )
     add_decoding_arguments(p, precision="fp32")  # scores that do not depend on the machine
     p.add_argument(
         "--batch-size", type=positive_int, default=512, help="pairs scored and replies generated at once"
     )
     p.add_argument("--limit", type=positive_int, help="use only the first N pairs")
+    p.add_argument("--no-context", action="store_true",
+                   help="read each query alone, without the earlier turns a context model was trained with")  # fmt: skip
     p.add_argument("--samples", type=non_negative_int, default=5, help="sample exchanges to show")
     p.add_argument("--output-json", metavar="PATH", help="also write every figure and the samples as JSON")
     return p
@@ -63,25 +79,29 @@ SCORED_LENGTH_FACTOR = 10
 
 
 def cut_queries(pairs: list[tuple[str, str]], words: int) -> tuple[list[tuple[str, str]], int]:
-    """Queries cut to their first `words` words, as chat.py reads them; and how many were cut."""
+    """Queries cut to their first `words` words, as chat.py reads them (earlier turns are cut by
+    the model's context); and how many were cut."""
     out, cut = [], 0
-    for query, reply in pairs:
+    for source, reply in pairs:
+        *context, query = split_turns(source)
         tokens = query.split()
         cut += len(tokens) > words
-        out.append((" ".join(tokens[:words]), reply))
+        out.append((join_turns([*context, " ".join(tokens[:words])]), reply))
     return out, cut
 
 
 def generate(
     model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings: DecodeSettings, batch_size: int,
-    backward: Seq2Seq | None = None,
+    backward: Seq2Seq | None = None, context: Context = NO_CONTEXT,
 ) -> list[list[str]]:  # fmt: skip
-    """Replies (tokens) to every query, `batch_size` at a time, with a progress bar."""
+    """Replies (tokens) to every source, `batch_size` at a time, with a progress bar."""
     replies: list[list[str]] = []
     name = settings.method + (" + MMI" if settings.rerank == "mmi" else "")
     with tqdm(total=len(queries), unit="reply", desc=f"generating ({name})", file=sys.stderr) as bar:
         for start in range(0, len(queries), batch_size):
-            replies += reply_batch(model, vocab, queries[start : start + batch_size], settings, backward)
+            replies += reply_batch(
+                model, vocab, queries[start : start + batch_size], settings, backward, context
+            )
             bar.update(len(queries[start : start + batch_size]))
     return replies
 
@@ -94,6 +114,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     pairs = read_pairs(args.test_data)[: args.limit]
     if not pairs:
         raise CorpusError(f"{args.test_data} holds no pairs")
+    context = NO_CONTEXT if args.no_context else checkpoint_context(checkpoint)
+    if context.turns and not any(TURN_SEPARATOR in source for source, _ in pairs):
+        print(f"note: the model reads up to {context.turns} earlier turns, but {args.test_data} holds none "
+              "(build it with download_data.py --context-turns)", file=sys.stderr)  # fmt: skip
     words = words_within(trained_max_length(checkpoint))
     pairs, cut_queries_count = cut_queries(pairs, words)
     scored = [pair for pair in pairs if len(pair[1].split()) <= SCORED_LENGTH_FACTOR * words]
@@ -107,15 +131,14 @@ def evaluate(args: argparse.Namespace) -> dict:
             f"every reference in {args.test_data} is longer than {SCORED_LENGTH_FACTOR * words} words"
         )
     loss, accuracy = teacher_forced_scores(
-        model, iterate_batches(encode_pairs(scored, vocab), args.batch_size)
+        model, iterate_batches(encode_pairs(scored, vocab, context=context), args.batch_size)
     )
     queries = [query for query, _ in pairs]
-    replies = generate(model, vocab, queries, settings, args.batch_size, backward)
+    replies = generate(model, vocab, queries, settings, args.batch_size, backward, context)
     greedy = replies
     if settings.method != "greedy":
-        greedy = generate(
-            model, vocab, queries, replace(settings, method="greedy", rerank="none"), args.batch_size
-        )
+        greedy_settings = replace(settings, method="greedy", rerank="none")
+        greedy = generate(model, vocab, queries, greedy_settings, args.batch_size, context=context)
     greedy_top = most_frequent([detokenize(tokens) for tokens in greedy])
     texts = [detokenize(tokens) for tokens in replies]
     references = [detokenize(reply.split()) for _, reply in pairs]
@@ -126,18 +149,19 @@ def evaluate(args: argparse.Namespace) -> dict:
         "pairs": len(pairs),
         "cut": cut,
         "decoding": asdict(settings),
+        "context": asdict(context),
         "loss": loss,
         "perplexity": perplexity(loss),
         "token_accuracy": accuracy,
         **generation_scores(replies, references, greedy_top),
         "greedy_top10": greedy_top,
         "unknown_words": {
-            "query_tokens": sum(len(vocab.unknown_words(q)) for q, _ in pairs),
+            "query_tokens": sum(len(vocab.unknown_words(last_turn(q))) for q, _ in pairs),
             "reference_tokens": sum(len(vocab.unknown_words(r)) for _, r in pairs),
             "vocabulary": len(vocab),
         },
         "samples": [
-            {"query": detokenize(q.split()), "reference": ref, "reply": reply}
+            {"query": show_source(q), "reference": ref, "reply": reply}
             for (q, _), ref, reply in list(zip(pairs, references, texts))[: args.samples]
         ],
     }

@@ -51,7 +51,7 @@ def inference_work(model, batch, checkpoint):
 def main() -> None:
 
     from seq2seq.batching import encode_pairs, iterate_batches
-    from seq2seq.checkpoint import CheckpointError, load_for_inference
+    from seq2seq.checkpoint import CheckpointError, context, load_for_inference
     from seq2seq.cli import ArgumentParser, fail, positive_int
     from seq2seq.cornell import CorpusError, read_pairs
     from seq2seq.devices import DeviceError
@@ -69,7 +69,9 @@ def main() -> None:
         "--batch-size", type=positive_int, default=64, help="pairs in a training batch or a reply batch"
     )
     p.add_argument(
-        "--data", default="data/val.txt", help="pairs to feed (random ones when the file is missing)"
+        "--data",
+        default="data/val.txt",
+        help="pairs to feed, with their earlier turns for a context model (random ones when the file is missing)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to run")
     p.add_argument("--trace-path", help="write a Chrome/Perfetto trace (JSON) of the last mode profiled here")
@@ -87,14 +89,19 @@ def main() -> None:
             pairs = list(zip(queries[::2], queries[1::2]))
         if not pairs:
             fail(f"{args.data} holds no pairs")
-        batch = iterate_batches(encode_pairs(pairs[: args.batch_size], vocab), args.batch_size)[0]
+        reads = context(checkpoint)  # sources as the model was trained on them
+        examples = encode_pairs(pairs[: args.batch_size], vocab, context=reads)
+        batch = iterate_batches(examples, args.batch_size)[0]
         profiles = []
         modes = ["train", "inference"] if args.mode == "both" else [args.mode]
         for mode in modes:
             trace = args.trace_path if mode == modes[-1] else None
             work = train_work(model, batch) if mode == "train" else inference_work(model, batch, checkpoint)
             profiles.append(run_profile(mode, work, model, args.steps, trace, args.with_stack))
-        report = format_report(profiles, f"{args.model_path}, batch {batch.src.size(0)}")
+        title = f"{args.model_path}, batch {batch.src.size(0)}"
+        if reads.turns:
+            title += f", up to {reads.turns} earlier turns (sources of up to {batch.src.size(1)} tokens)"
+        report = format_report(profiles, title)
         if args.report:
             write_text_atomic(args.report, report + "\n")
         plot_breakdown(profiles, args.plot)

@@ -6,7 +6,8 @@
     python benchmarks/quality.py --jobs 8 --minutes 7 --precision fp32   # on one GPU, 7 minutes a run
 
 Every run is train.py with its flags, into OUT/NAME/ (log in OUT/NAME/train.log), on the same
-data/ (so the same training and validation files, vocabulary and UNK policy). A finished run is
+data/ (so the same training and validation files, vocabulary and UNK policy), unless its flags
+name another --data-dir: builds that differ only in --context-turns hold the same pairs. A finished run is
 reused on the next call and an interrupted one resumes, so adding a run costs only that run.
 With --minutes, a run still training when its time is up is stopped as if by Ctrl-C (train.py
 saves it) and counts as finished: its best checkpoint so far is what gets scored.
@@ -117,10 +118,11 @@ def run_within(argv: list[str], log, fd: int, seconds: float | None) -> tuple[in
 
 
 def score_run(record: dict, args) -> dict:
-    """Curves from the run's checkpoint, and evaluate.py's figures for its best model on the test file."""
+    """Curves from the run's checkpoint, and evaluate.py's figures for its best model on the test
+    file of the data/ it trained on (runs on builds with different context share their pairs)."""
     folder = Path(args.out) / record["name"]
     checkpoint = load_checkpoint(folder / "last.pth")
-    test_data = Path(args.data_dir) / "test.txt"
+    test_data = ROOT / saved_flags(checkpoint)["data_dir"] / "test.txt"  # train.py ran in ROOT
     eval_args = evaluate.make_parser().parse_args(
         [
             "--model-path",
@@ -207,6 +209,7 @@ def curve_table(results: list[dict], every: int) -> str:
 
 def summary_table(results: list[dict]) -> str:
     rows = [
+        ("earlier turns read", lambda r: str(r["args"].get("context_turns", 0))),
         ("best validation perplexity", lambda r: f"{perplexity(r['best_val_loss']):.2f}"),
         ("at iteration", lambda r: f"{r['best_iteration']:,} of {r['iterations']:,}"),
         ("test perplexity", lambda r: f"{r['test']['perplexity']:.2f}"),
@@ -296,7 +299,8 @@ def main() -> None:
         sample = results[0]["test"]["samples"][i] if i < len(results[0]["test"]["samples"]) else None
         if sample is None:
             break
-        print(f"\n> {sample['query']}\n  reference: {sample['reference']}")
+        source = max((r["test"]["samples"][i]["query"] for r in results), key=len)  # with the most context
+        print(f"\n> {source}\n  reference: {sample['reference']}")
         for r in results:
             print(f"  {r['name']}: {r['test']['samples'][i]['reply']}")
     print(f"\ncurves: {args.plot} and {args.time_plot}; every figure: {args.out}/results.json")

@@ -6,7 +6,10 @@ A checkpoint is a dict of tensors and plain Python data (no pickled classes), so
     format      "chatbot-seq2seq/2"
     config      the run as resolved (config.RunConfig.to_dict()); config["model"] is the
                 ModelConfig, config["pairs"]["max_length"] the --max-length its queries and
-                replies were cut to (trained_max_length)
+                replies were cut to (trained_max_length), config["pairs"]["context_turns"] and
+                ["context_length"] the context its sources held (context)
+    turn_separator  the token that closes each turn of a source, "<eos>" (vocab.TURN_SEPARATOR;
+                checkpoints from before context have none, and closed their one turn with it too)
     model       the model's state_dict           vocab      Vocabulary.to_dict()
     optimizer   the optimizer's state_dict       scaler     GradScaler state (fp16) or None
     rng         torch (and CUDA) generator states
@@ -35,7 +38,7 @@ from .cornell import PairSettings
 from .devices import resolve_device, resolve_precision
 from .files import atomic_path
 from .model import ModelConfig, Seq2Seq
-from .vocab import Vocabulary
+from .vocab import EOS, SPECIAL_TOKENS, Context, Vocabulary
 
 FORMAT = "chatbot-seq2seq/2"
 FORMAT_1 = "chatbot-seq2seq/1"
@@ -110,6 +113,7 @@ def training_payload(model: Seq2Seq, vocab: Vocabulary, config: dict, optimizer:
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "config": {**config, "model": model.config.to_dict()},
+        "turn_separator": SPECIAL_TOKENS[EOS],
         "model": model.state_dict(),
         "vocab": vocab.to_dict(),
         "optimizer": optimizer.state_dict(),
@@ -152,6 +156,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     bad = run_config.invalid(run_config.flatten(data["config"]))
     if bad:
         raise CheckpointError(f"{path} is not a usable checkpoint: its {bad} is not a value train.py takes")
+    if data.get("turn_separator", SPECIAL_TOKENS[EOS]) != SPECIAL_TOKENS[EOS]:
+        raise CheckpointError(
+            f"{path} separates the turns of its sources with {ascii(data['turn_separator'])[:40]}; "
+            f"this version reads turns closed by {SPECIAL_TOKENS[EOS]}"
+        )
     return data
 
 
@@ -245,6 +254,13 @@ def trained_max_length(checkpoint: dict) -> int:
     """The --max-length a checkpoint was trained with (EOS included): its replies' natural limit.
     A checkpoint that records none was trained on a default build."""
     return checkpoint["config"].get("pairs", {}).get("max_length", PairSettings().max_length)
+
+
+def context(checkpoint: dict) -> Context:
+    """What a checkpoint's model reads before the query (load_checkpoint has checked the values
+    as train.py's flags); a checkpoint that records none was trained without context."""
+    pairs = checkpoint["config"].get("pairs", {})
+    return Context(pairs.get("context_turns", 0), pairs.get("context_length", Context.tokens))
 
 
 def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocabulary]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -38,7 +38,7 @@ from torch import Tensor
 from .batching import Batch, collate
 from .kernels import layout
 from .model import Memory, Seq2Seq, sequence_loss
-from .vocab import EOS, PAD, SOS, UNK, Vocabulary, words_within
+from .vocab import EOS, NO_CONTEXT, PAD, SOS, UNK, Context, Vocabulary, join_turns, words_within
 
 METHODS = ("greedy", "beam", "sample")
 RERANKERS = ("none", "mmi")
@@ -177,7 +177,7 @@ def decode(
         if settings.rerank == "mmi":
             if backward is None:
                 raise DecodingError("MMI reranking needs a backward model")
-            query_given_reply = backward_log_prob(backward, src, lengths, hypotheses.tokens)
+            query_given_reply = backward_log_prob(backward, *last_turns(src, lengths), hypotheses.tokens)
             score = mmi_score(hypotheses, query_given_reply, settings.mmi_weight, settings.length_bonus)
         return best(hypotheses.tokens, score, settings.n_best)
     with _evaluating(model):
@@ -289,6 +289,22 @@ def _choose(ranked: Tensor, diversity_strength: float) -> Tensor:
 PADDED_SCORING_LOGITS = 2**24
 
 
+def last_turns(src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Each source's last turn (its query, EOS included), left-aligned, and the lengths: what a
+    backward model scores, since it learns p(query | reply) from pairs without their context
+    (run.directed). Sources without context come back as they are."""
+    eos = src == EOS
+    turns = eos.sum(1, keepdim=True)
+    if int(turns.max()) <= 1:
+        return src, lengths
+    turn = eos.long().cumsum(1) - eos.long()  # the turn each position belongs to
+    keep = (turn == turns - 1) & (src != PAD)
+    order = torch.argsort((~keep).int(), dim=1, stable=True)  # the query's positions first, in order
+    query = src.gather(1, order).masked_fill(~keep.gather(1, order), PAD)
+    query_lengths = keep.sum(1).cpu()
+    return query[:, : int(query_lengths.max())], query_lengths
+
+
 def backward_log_prob(backward: Seq2Seq, src: Tensor, lengths: Tensor, tokens: Tensor) -> Tensor:
     """log p(S | T) (B, K): each query of `src` (B, S) given each of its hypotheses `tokens`
     (B, K, L), under the backward model, in one teacher-forced pass over all B·K pairs.
@@ -348,21 +364,56 @@ def reply_batch(
     queries: list[str],
     settings: DecodeSettings,
     backward: Seq2Seq | None = None,
+    context: Context = NO_CONTEXT,
 ) -> list[list[str]]:
-    """The best reply's tokens for each normalised query, decoded as one batch.
+    """The best reply's tokens for each normalised source (a query, after its earlier turns if
+    any), decoded as one batch; `context` is what the model reads of the earlier turns.
 
     A query is cut to the words the model was trained on (`words_within(max_length)`).
     """
-    src, lengths = encode_queries(vocab, queries, settings.max_length, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    src, lengths = encode_queries(vocab, queries, settings.max_length, device, context)
     replies = decode(model, src, lengths, settings, backward)
     return [vocab.decode(row[0].tolist()) for row in replies.tokens.cpu()]
 
 
+@dataclass
+class Conversation:
+    """The turns said so far, as many as `context` reads: what makes a context model's next
+    reply follow the conversation (chat.py; export.Bot repeats the rule in TorchScript)."""
+
+    context: Context = NO_CONTEXT
+    history: list[str] = field(default_factory=list)  # normalised turns, oldest first
+
+    def reply(
+        self,
+        model: Seq2Seq,
+        vocab: Vocabulary,
+        query: str,
+        settings: DecodeSettings,
+        backward: Seq2Seq | None = None,
+    ) -> list[str]:
+        """The reply's tokens to a normalised query after the turns so far; both then join them."""
+        source = join_turns([*self.history, query])
+        reply = reply_batch(model, vocab, [source], settings, backward, self.context)[0]
+        if self.context.turns:
+            self.history = [*self.history, query, " ".join(reply)][-self.context.turns :]
+        return reply
+
+    def reset(self) -> None:
+        self.history = []
+
+
 def encode_queries(
-    vocab: Vocabulary, queries: list[str], max_length: int, device: torch.device
+    vocab: Vocabulary,
+    queries: list[str],
+    max_length: int,
+    device: torch.device,
+    context: Context = NO_CONTEXT,
 ) -> tuple[Tensor, Tensor]:
-    """Normalised queries as the padded ids (B, S) on `device` and lengths (B,) on the CPU that
-    `decode` takes, each cut to the words the model was trained on (`words_within(max_length)`)."""
+    """Normalised sources as the padded ids (B, S) on `device` and lengths (B,) on the CPU that
+    `decode` takes, each query cut to the words the model was trained on
+    (`words_within(max_length)`), its earlier turns to `context`."""
     keep = words_within(max_length)
-    batch = collate([([*vocab.encode(q)[:keep], EOS], []) for q in queries])
+    batch = collate([(context.source_ids(vocab, q, keep), []) for q in queries])
     return batch.src.to(device), batch.lengths

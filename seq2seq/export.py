@@ -15,8 +15,6 @@ TorchScript is deprecated in PyTorch 2.x in favour of torch.export; `export_part
 parts as torch.export programs (.pt2) instead, for runtimes that take those.
 """
 
-from __future__ import annotations
-
 import unicodedata
 from pathlib import Path
 from typing import Dict, List  # noqa: UP035 (TorchScript, see Bot.__init__)
@@ -28,7 +26,7 @@ from torch import Tensor, nn
 from .cli import first_line
 from .files import atomic_path
 from .model import Seq2Seq
-from .vocab import EOS, PAD, SOS, UNK, Vocabulary
+from .vocab import EOS, NO_CONTEXT, PAD, SOS, UNK, Context, Vocabulary
 
 
 def _plain_gru(gru: nn.GRU) -> nn.GRU:
@@ -148,9 +146,22 @@ def _character_table() -> dict[str, str]:
 
 
 class Bot(nn.Module):
-    """Greedy replies from text or ids, with the vocabulary and the normalisation built in."""
+    """Greedy replies from text or ids, with the vocabulary and the normalisation built in. A bot
+    of a model trained with context keeps the conversation: `reply` reads the last turns, as
+    chat.py does, and `reset()` forgets them."""
 
-    def __init__(self, encoder: nn.Module, step: nn.Module, vocab: Vocabulary, max_length: int):
+    # an empty list's type, said where TorchScript reads it (hence no `from __future__ import
+    # annotations` in this module: TorchScript cannot read a class annotation left as a string)
+    history: List[str]  # noqa: UP006
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        step: nn.Module,
+        vocab: Vocabulary,
+        max_length: int,
+        context: Context = NO_CONTEXT,
+    ):
         super().__init__()
         self.encoder, self.step = encoder, step
         # typing's spelling: TorchScript's attribute checker takes any `self.x: list[...]` or
@@ -159,6 +170,8 @@ class Bot(nn.Module):
         self.index: Dict[str, int] = dict(vocab.word_to_index)  # noqa: UP006
         self.characters: Dict[str, str] = _character_table()  # noqa: UP006
         self.max_length = max_length
+        self.context_turns, self.context_tokens = context.turns, context.tokens
+        self.history = []  # the last context_turns turns, normalised, oldest first
         self.pad, self.sos, self.eos, self.unk = PAD, SOS, EOS, UNK  # TorchScript reads no globals
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -214,16 +227,45 @@ class Bot(nn.Module):
         return " ".join("".join(pieces).split())
 
     @torch.jit.export
+    def reset(self) -> None:
+        """Forget the conversation: the next reply reads no earlier turn."""
+        self.history.clear()
+
+    def _context_ids(self) -> list[int]:
+        """The history's ids as vocab.Context.source_ids reads them: the last turns within the
+        token budget, the oldest cut from the left, each closed by EOS (Context.cut, which
+        TorchScript cannot call; the parity tests guard the copy)."""
+        turns: list[list[str]] = []
+        room = self.context_tokens
+        i = len(self.history) - 1
+        while i >= max(0, len(self.history) - self.context_turns):
+            words = self.history[i].split()
+            if room < 2 or len(words) == 0:
+                break
+            words = words[max(0, len(words) - (room - 1)) :]
+            turns.append(words)
+            room -= len(words) + 1
+            i -= 1
+        ids: list[int] = []
+        for j in range(len(turns) - 1, -1, -1):
+            for word in turns[j]:
+                ids.append(self.index.get(word, self.unk))
+            ids.append(self.eos)
+        return ids
+
+    @torch.jit.export
     def reply(self, text: str) -> str:
         words = self.normalize(text).split()
         if len(words) == 0:
             return ""
+        words = words[: self.max_length - 1]  # vocab.words_within, which TorchScript cannot call
         index, vocabulary = self.index, self.words  # read the big attributes once
-        ids: list[int] = []
-        for word in words[: self.max_length - 1]:  # vocab.words_within, which TorchScript cannot call
+        ids = self._context_ids()
+        for word in words:
             ids.append(index.get(word, self.unk))
         ids.append(self.eos)
         out: str = ""
+        said: list[str] = []
         for i in self.generate(torch.tensor([ids], dtype=torch.long)):
             if i == self.eos:
                 break
@@ -231,6 +273,10 @@ class Bot(nn.Module):
             if out != "" and word != "." and word != "!" and word != "?":
                 out += " "
             out += word
+            said.append(word)
+        if self.context_turns > 0:  # decoding.Conversation.reply
+            history = self.history + [" ".join(words), " ".join(said)]
+            self.history = history[max(0, len(history) - self.context_turns) :]
         return out
 
 
@@ -249,7 +295,14 @@ def _examples(vocab_size: int) -> tuple[Tensor, tuple[Tensor, ...]]:
     return ids, (torch.full((1, 1), SOS, dtype=torch.long),)
 
 
-def build_bot(model: Seq2Seq, vocab: Vocabulary, max_length: int, method: str, int8: bool = False):
+def build_bot(
+    model: Seq2Seq,
+    vocab: Vocabulary,
+    max_length: int,
+    method: str,
+    int8: bool = False,
+    context: Context = NO_CONTEXT,
+):
     """The TorchScript bot: parts traced (method "trace") or scripted ("script"), loop scripted."""
     encoder, step = _parts(model, int8)
     if method == "trace":
@@ -262,19 +315,22 @@ def build_bot(model: Seq2Seq, vocab: Vocabulary, max_length: int, method: str, i
         encoder, step = torch.jit.script(encoder), torch.jit.script(step)
     else:
         raise ValueError(f"method must be trace or script, got {method!r}")
-    return torch.jit.script(Bot(encoder, step, vocab, max_length).eval())
+    return torch.jit.script(Bot(encoder, step, vocab, max_length, context).eval())
 
 
-def export_parts(model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Path) -> Bot:
+def export_parts(
+    model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Path, context: Context = NO_CONTEXT
+) -> Bot:
     """torch.export programs of the encoder and the decoder step, saved beside `output` as
     NAME.encoder.pt2 and NAME.step.pt2; returns a (Python) Bot running the reloaded programs.
 
-    The query length is a dynamic dimension (2 to max_length tokens, EOS included), so no
-    padding, mask or packed sequence is needed for a batch of one.
+    The source length is a dynamic dimension (2 tokens to the longest query and context, EOS
+    included), so no padding, mask or packed sequence is needed for a batch of one.
     """
     encoder, step = _parts(model, int8=False)
     ids, (token,) = _examples(len(vocab))
-    length = torch.export.Dim("length", min=2, max=max(2, max_length))
+    longest = max_length + (context.tokens if context.turns else 0)
+    length = torch.export.Dim("length", min=2, max=max(2, longest))
     with torch.no_grad():
         keys, values, state = encoder(ids)
     attempts = {
@@ -303,4 +359,4 @@ def export_parts(model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Pat
         with atomic_path(path) as tmp:
             torch.export.save(program, str(tmp))
         loaded[name] = torch.export.load(str(path)).module()
-    return Bot(loaded["encoder"], loaded["step"], vocab, max_length)
+    return Bot(loaded["encoder"], loaded["step"], vocab, max_length, context)

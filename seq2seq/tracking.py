@@ -21,7 +21,7 @@ from .cli import first_line
 from .config import RunConfig
 from .decoding import DecodeSettings, reply_batch
 from .training import Trainer, TrainingError, perplexity
-from .vocab import detokenize
+from .vocab import NO_CONTEXT, detokenize, show_source
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -75,12 +75,14 @@ class WandbLogger:
         self.trainer: Trainer | None = None
         self.queries: list[str] = []
         self.settings: DecodeSettings | None = None  # watch() sets them from the run
+        self.context = NO_CONTEXT
 
     def watch(self, trainer: Trainer, sample_queries: list[str], config: RunConfig) -> None:
         """Observe `trainer`, showing replies to `sample_queries` at each validation, as long as
         the run's --max-length lets them be."""
         self.trainer, self.queries = trainer, sample_queries
         self.settings = DecodeSettings(max_length=config.pairs.max_length)
+        self.context = config.pairs.context
         trainer.observers.append(self)
         self.run.config.update(config.flags(), allow_val_change=True)  # as the run resolved them
 
@@ -89,10 +91,14 @@ class WandbLogger:
 
     def after_validation(self, iteration: int, loss: float) -> None:
         model, vocab = self.trainer.step.model, self.trainer.vocab
-        replies = reply_batch(model, vocab, self.queries, self.settings) if self.queries else []
+        replies = (
+            reply_batch(model, vocab, self.queries, self.settings, context=self.context)
+            if self.queries
+            else []
+        )
         table = self.wandb.Table(columns=["iteration", "query", "reply"])
         for query, reply in zip(self.queries, replies):
-            table.add_data(iteration, detokenize(query.split()), detokenize(reply))
+            table.add_data(iteration, show_source(query), detokenize(reply))
         self.run.log({"val_loss": loss, "val_perplexity": perplexity(loss), "samples": table}, step=iteration)
 
     def finish(self, plot_path: str | None) -> None:

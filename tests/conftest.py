@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PAIRS, overfit_tiny_model, write_corpus, write_pair_corpus
+from tests.helpers import PAIRS, overfit_context_model, overfit_tiny_model, write_corpus, write_pair_corpus
 
 # Tiny models gain nothing from a second thread, and OpenMP threads fighting over two cores can
 # slow a suite (or a training run beside it) many times over.
@@ -52,3 +52,19 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 def backward_checkpoint(tmp_path_factory) -> Path:
     """Its backward model, overfit_tiny_model(reverse=True), saved the same way."""
     return _save_tiny_model(tmp_path_factory.mktemp("backward"), reverse=True)
+
+
+CONTEXT = {"context_turns": 2, "context_length": 12}  # what context_checkpoint's model reads
+
+
+@pytest.fixture(scope="session")
+def context_checkpoint(tmp_path_factory) -> Path:
+    """overfit_context_model() of CONTEXT, saved as an inference-only checkpoint that says so."""
+    from seq2seq.checkpoint import save_checkpoint
+    from seq2seq.vocab import Context
+
+    model, vocab = overfit_context_model(Context(CONTEXT["context_turns"], CONTEXT["context_length"]))
+    path = tmp_path_factory.mktemp("context") / "best_model.pth"
+    config = {"model": model.config.to_dict(), "pairs": {"max_length": 10, **CONTEXT}}
+    save_checkpoint(path, {"config": config, "model": model.state_dict(), "vocab": vocab.to_dict()})
+    return path

@@ -206,3 +206,32 @@ def overfit_tiny_model(reverse: bool = False):
     for _ in range(250):
         loss, _ = step(batch, teacher_forcing=True)
     return model, vocab, batch, loss.item()
+
+
+# Conversations whose last reply depends on an earlier turn: a context model can learn them, a
+# model of the query alone cannot ("why ?" has two answers).
+CONTEXT_PAIRS = [
+    ("i am sad .", "ok ."),
+    ("i am happy .", "ok ."),
+    ("i am sad .\tok .\twhy ?", "i lost my dog ."),
+    ("i am happy .\tok .\twhy ?", "i won the game ."),
+    ("why ?", "because ."),
+]
+
+
+def overfit_context_model(context):
+    """A tiny model trained 300 steps on CONTEXT_PAIRS as `context` (vocab.Context) reads them:
+    (model, vocabulary)."""
+    from seq2seq.batching import collate, encode_pairs
+    from seq2seq.model import Seq2Seq
+    from seq2seq.training import TrainStep, make_optimizer
+    from seq2seq.vocab import Vocabulary, split_turns
+
+    vocab = Vocabulary.build(turn for pair in CONTEXT_PAIRS for side in pair for turn in split_turns(side))
+    batch = collate(encode_pairs(CONTEXT_PAIRS, vocab, context=context))
+    torch.manual_seed(0)
+    model = Seq2Seq(tiny_config(len(vocab), hidden_size=64, attn_model="general"))
+    step = TrainStep(model, make_optimizer(model, "adam", 3e-3, 2.0), clip=5.0)
+    for _ in range(300):
+        step(batch, teacher_forcing=True)
+    return model.eval(), vocab

@@ -154,7 +154,9 @@ def test_wandb_sample_replies_decode_with_the_runs_max_length(tmp_path, monkeypa
     used = []
     real = tracking.reply_batch
     monkeypatch.setattr(
-        tracking, "reply_batch", lambda m, v, q, settings: used.append(settings) or real(m, v, q, settings)
+        tracking,
+        "reply_batch",
+        lambda m, v, q, settings, **kw: used.append(settings) or real(m, v, q, settings, **kw),
     )
     train.main([*TINY, "--data-dir", str(tmp_path / "data"), "--iterations", "2", "--eval-every", "1",
                 "--use-wandb", "--save-dir", str(tmp_path / "run")])  # fmt: skip
