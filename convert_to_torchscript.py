@@ -30,7 +30,7 @@ from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
 from seq2seq.export import build_bot, export_parts
 from seq2seq.files import FolderError, atomic_path, ensure_space, remove_stale_temporaries
-from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences, words_within
+from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences
 
 DEFAULT_OUTPUT = {"trace": "checkpoints/model_traced.pt", "script": "checkpoints/model_scripted.pt",
                   "export": "checkpoints/model_exported.pt2"}  # fmt: skip
@@ -93,8 +93,7 @@ def main() -> None:
     said = Conversation(context)
 
     def eager(prompt: str) -> str:
-        query = " ".join(normalize(prompt).split()[: words_within(max_length)])
-        return detokenize(said.reply(model, vocab, query, settings))
+        return detokenize(said.reply(model, vocab, normalize(prompt), settings))
 
     def conversation(reply, reset) -> list[str]:
         """Replies to the prompts, said in conversations of CONVERSATION turns."""

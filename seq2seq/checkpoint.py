@@ -250,17 +250,20 @@ def saved_flags(checkpoint: dict) -> dict:
     return run_config.flatten(checkpoint["config"])
 
 
+def _pair_settings(checkpoint: dict) -> PairSettings:
+    """How the checkpoint's pairs were cut (load_checkpoint has checked the values as train.py's
+    flags); what it records none of was PairSettings' default: a default build, no context."""
+    return PairSettings(**checkpoint["config"].get("pairs", {}))
+
+
 def trained_max_length(checkpoint: dict) -> int:
-    """The --max-length a checkpoint was trained with (EOS included): its replies' natural limit.
-    A checkpoint that records none was trained on a default build."""
-    return checkpoint["config"].get("pairs", {}).get("max_length", PairSettings().max_length)
+    """The --max-length a checkpoint was trained with (EOS included): its replies' natural limit."""
+    return _pair_settings(checkpoint).max_length
 
 
 def context(checkpoint: dict) -> Context:
-    """What a checkpoint's model reads before the query (load_checkpoint has checked the values
-    as train.py's flags); a checkpoint that records none was trained without context."""
-    pairs = checkpoint["config"].get("pairs", {})
-    return Context(pairs.get("context_turns", 0), pairs.get("context_length", Context.tokens))
+    """What a checkpoint's model reads before the query."""
+    return _pair_settings(checkpoint).context
 
 
 def build_model(checkpoint: dict, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocabulary]:

@@ -393,7 +393,9 @@ class Conversation:
         settings: DecodeSettings,
         backward: Seq2Seq | None = None,
     ) -> list[str]:
-        """The reply's tokens to a normalised query after the turns so far; both then join them."""
+        """The reply's tokens to a normalised query after the turns so far; both then join them,
+        the query as the model read it (`words_within(max_length)`)."""
+        query = " ".join(query.split()[: words_within(settings.max_length)])
         source = join_turns([*self.history, query])
         reply = reply_batch(model, vocab, [source], settings, backward, self.context)[0]
         if self.context.turns:
