@@ -130,10 +130,11 @@ class Chat:
         turns = self.context.cut(self.conversation.history)
         if not turns:
             return "no earlier turns yet: your next line starts the conversation"
-        speakers = ["bot" if i % 2 == 0 else "you" for i in range(len(turns))][
-            ::-1
-        ]  # the last turn is the bot's
-        return "\n".join(f"  {who}: {detokenize(turn.split())}" for who, turn in zip(speakers, turns))
+        last = len(turns) - 1  # turns alternate, and the last one is the bot's
+        return "\n".join(
+            f"  {'bot' if (last - i) % 2 == 0 else 'you'}: {detokenize(turn.split())}"
+            for i, turn in enumerate(turns)
+        )
 
     def command(self, line: str) -> str | None:
         """Handle a /command; return what to show, or None to quit."""
