@@ -21,25 +21,24 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length
-from seq2seq.checkpoint import context as checkpoint_context
+import torch
+
+from seq2seq.chatbot import Chatbot, describe
+from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import (
     BACKWARD_MODEL,
     ArgumentParser,
     add_decoding_arguments,
-    backward_model,
     decode_settings,
     fail,
     positive_int,
-    reranks,
     temperature,
 )
 from seq2seq.decoding import Conversation, DecodingError
 from seq2seq.devices import DeviceError
-from seq2seq.vocab import NO_CONTEXT, detokenize, normalize, words_within
+from seq2seq.vocab import detokenize
 
 HISTORY_FILE = Path.home() / ".chatbot_seq2seq_history"
-MAX_INPUT_CHARS = 1000
 HELP = """commands:
   /greedy      most likely word at each step
   /beam N      beam search with N beams
@@ -63,63 +62,24 @@ def make_parser() -> ArgumentParser:
     return p
 
 
-class Chat:
-    """A checkpoint (and a backward model to rerank with, if any) plus decoding settings; turns
-    one line of text into a reply and notes."""
+class Chat(Chatbot):
+    """A Chatbot in one conversation, with a random generator seeded once for the session (so
+    sampled replies to different lines differ, and the whole session repeats with its seed);
+    turns one line of text into a reply and notes."""
 
     def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.model, self.vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)
-        self.max_length = trained_max_length(checkpoint)
-        self.trained_context = checkpoint_context(checkpoint)
-        self.context = NO_CONTEXT if args.no_context else self.trained_context
+        super().__init__(args)
         self.conversation = Conversation(self.context)
-        self.backward_path = backward_model(args)
-        self.backward = None
-        if self.backward_path:
-            self.backward = load_backward(self.backward_path, self.vocab, args.device, args.precision)
-        self.settings = decode_settings(args, self.max_length, reranks(args, self.backward is not None))
-
-    def startup(self) -> list[str]:
-        """What the user should know about context and reranking before the first reply."""
-        lines = []
-        if self.context.turns:
-            lines.append(f"the model reads the last {self.context.turns} turns of the conversation "
-                         "(/context shows them, /reset forgets them)")  # fmt: skip
-        elif self.trained_context.turns:
-            lines.append(f"--no-context: every line is answered alone (the model was trained on "
-                         f"{self.trained_context.turns} earlier turns)")  # fmt: skip
-        s = self.settings
-        if s.rerank == "mmi":
-            groups = f" in {s.beam_groups} diverse groups" if s.beam_groups > 1 else ""
-            lines.append(f"replies are reranked by MMI with {self.backward_path} (lambda {s.mmi_weight}, "
-                         f"gamma {s.length_bonus}, {s.width} hypotheses{groups})")  # fmt: skip
-        elif self.backward is not None:
-            lines.append(f"backward model {self.backward_path} loaded: /mmi reranks beam search with it")
-        elif self.args.rerank == "auto":
-            lines.append(f"no backward model at {BACKWARD_MODEL}, so replies are not reranked "
-                         "(train one: python train.py --reverse --save-dir checkpoints/backward)")  # fmt: skip
-        return lines
+        self.generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
 
     def respond(self, line: str) -> tuple[str, list[str]]:
         """The reply (empty if there is nothing to answer) and notes for the user."""
-        notes = []
-        if len(line) > MAX_INPUT_CHARS:
-            notes.append(f"your message was cut to its first {MAX_INPUT_CHARS} characters")
-            line = line[:MAX_INPUT_CHARS]
-        query = normalize(line)
+        query, notes = self.read(line)
         if not query:
-            return "", notes + ["nothing to answer: I only read English words and . ! ?"]
-        words = query.split()
-        keep = words_within(self.settings.max_length)
-        if len(words) > keep:
-            notes.append(f"I only read the first {keep} words")
-            query = " ".join(words[:keep])
-        unknown = self.vocab.unknown_words(query)
-        if unknown:
-            shown = ", ".join(dict.fromkeys(unknown))
-            notes.append(f"words I don't know: {shown[:200]}")
-        reply = self.conversation.reply(self.model, self.vocab, query, self.settings, self.backward)
+            return "", notes
+        reply = self.conversation.reply(
+            self.model, self.vocab, query, self.settings, self.backward, self.generator
+        )
         return detokenize(reply), notes
 
     def show_context(self) -> str:
@@ -181,8 +141,7 @@ class Chat:
         except (argparse.ArgumentTypeError, DecodingError) as error:
             return f"/{name}: {error}"
         self.settings = s
-        shown = f"{s.method}, {s.width} beams" if s.method == "beam" else s.method
-        return f"decoding: {shown}" + (", reranked by MMI" if s.rerank == "mmi" else "")
+        return f"decoding: {describe(s)}" + (", reranked by MMI" if s.rerank == "mmi" else "")
 
 
 def interactive(chat: Chat) -> None:
@@ -243,7 +202,7 @@ def main() -> None:
         chat = Chat(args)
     except (CheckpointError, DeviceError, DecodingError) as error:
         fail(str(error))
-    for line in chat.startup():
+    for line in chat.startup(commands=True):
         print(line, file=sys.stderr)
     try:
         (interactive if sys.stdin.isatty() else piped)(chat)

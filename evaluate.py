@@ -17,6 +17,7 @@ import json
 import sys
 from dataclasses import asdict, replace
 
+import torch
 from tqdm import tqdm
 
 from seq2seq.batching import encode_pairs, iterate_batches
@@ -92,15 +93,17 @@ def cut_queries(pairs: list[tuple[str, str]], words: int) -> tuple[list[tuple[st
 
 def generate(
     model: Seq2Seq, vocab: Vocabulary, queries: list[str], settings: DecodeSettings, batch_size: int,
-    backward: Seq2Seq | None = None, context: Context = NO_CONTEXT,
+    backward: Seq2Seq | None = None, context: Context = NO_CONTEXT, seed: int | None = None,
 ) -> list[list[str]]:  # fmt: skip
-    """Replies (tokens) to every source, `batch_size` at a time, with a progress bar."""
+    """Replies (tokens) to every source, `batch_size` at a time, with a progress bar; sampling
+    is seeded once with `seed`."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     replies: list[list[str]] = []
     name = settings.method + (" + MMI" if settings.rerank == "mmi" else "")
     with tqdm(total=len(queries), unit="reply", desc=f"generating ({name})", file=sys.stderr) as bar:
         for start in range(0, len(queries), batch_size):
             replies += reply_batch(
-                model, vocab, queries[start : start + batch_size], settings, backward, context
+                model, vocab, queries[start : start + batch_size], settings, backward, context, generator
             )
             bar.update(len(queries[start : start + batch_size]))
     return replies
@@ -134,7 +137,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         model, iterate_batches(encode_pairs(scored, vocab, context=context), args.batch_size)
     )
     queries = [query for query, _ in pairs]
-    replies = generate(model, vocab, queries, settings, args.batch_size, backward, context)
+    replies = generate(model, vocab, queries, settings, args.batch_size, backward, context, args.seed)
     greedy = replies
     if settings.method != "greedy":
         greedy_settings = replace(settings, method="greedy", rerank="none")
@@ -148,7 +151,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "test_data": args.test_data,
         "pairs": len(pairs),
         "cut": cut,
-        "decoding": asdict(settings),
+        "decoding": {**asdict(settings), "seed": args.seed},
         "context": asdict(context),
         "loss": loss,
         "perplexity": perplexity(loss),

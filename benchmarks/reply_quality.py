@@ -175,7 +175,7 @@ def main() -> None:
     for label, s in chosen.items():
         print(f"  {label}: {name_of(s)}")
 
-    decoders = [plain, replace(plain, method="beam"), replace(plain, method="sample", temperature=0.8, top_p=0.9, seed=0),
+    decoders = [plain, replace(plain, method="beam"), replace(plain, method="sample", temperature=0.8, top_p=0.9),
                 *chosen.values()]  # fmt: skip
     greedy_test = generate(model, vocab, test_queries, plain, args.batch_size)
     test_top = most_frequent([detokenize(r) for r in greedy_test])
@@ -185,11 +185,11 @@ def main() -> None:
         replies = (
             greedy_test
             if settings == plain
-            else generate(model, vocab, test_queries, settings, args.batch_size, backward)
+            else generate(model, vocab, test_queries, settings, args.batch_size, backward, seed=0)
         )
         report[name_of(settings)] = generation_scores(replies, test_refs, test_top)
         samples[name_of(settings)] = [
-            detokenize(r) for r in generate(model, vocab, prompts, settings, 16, backward)
+            detokenize(r) for r in generate(model, vocab, prompts, settings, 16, backward, seed=0)
         ]
     print(f"\ntest ({len(test_queries):,} pairs), once:\n" + table(report))
     print("\nreplies:")

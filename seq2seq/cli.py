@@ -197,9 +197,8 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rera
                         help="longest reply in tokens with EOS (default: the checkpoint's --max-length)")  # fmt: skip
     parser.add_argument("--min-length", type=positive_int, default=d.min_length,
                         help="tokens before a reply may end")  # fmt: skip
-    parser.add_argument(
-        "--seed", type=non_negative_int, default=d.seed, help="seed for reproducible sampling"
-    )
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="seed sampling once, for a reproducible run (default: unseeded)")  # fmt: skip
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=precision,
                         help="weights in bf16 halve the memory each step reads: about 2x faster replies on a CPU; "
                         "auto: bf16 where the hardware runs it natively")  # fmt: skip
@@ -247,6 +246,5 @@ def decode_settings(args: argparse.Namespace, max_length: int, rerank: bool = Fa
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
-        seed=args.seed,
         **tuned,
     )

@@ -7,6 +7,10 @@ PAD, SOS and UNK are never produced, EOS is held back until `min_length`, and wi
 `no_repeat_ngram = n` no n-gram appears twice in a reply (OpenNMT's and fairseq's n-gram
 blocking).
 
+Sampling draws each token from uniforms given per query (`sampling_noise`), by the inverse of the
+cumulative distribution: a query's reply then depends on its own draws alone, not on what else
+shares its batch, so a seeded request gets the same reply however the server batches it.
+
 Beam search ranks hypotheses by log-probability divided by the length penalty of Wu et al. (2016),
 "Google's Neural Machine Translation System": lp(Y) = ((5 + |Y|) / 6) ** alpha, where |Y| counts
 the reply's tokens including EOS. alpha = 0 ranks by raw log-probability (which favours short,
@@ -71,7 +75,6 @@ class DecodeSettings:
     temperature: float = 1.0
     top_k: int = 0  # 0 = whole vocabulary
     top_p: float = 1.0  # nucleus mass; 1 = whole vocabulary
-    seed: int | None = None
 
     def __post_init__(self):
         """Settings that cannot decode are refused here, so a script can say so in one line."""
@@ -136,8 +139,9 @@ def next_token_scores(logits: Tensor, history: Tensor, settings: DecodeSettings)
     return scores
 
 
-def _sample(scores: Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> Tensor:
-    """Draw one token per row from temperature-scaled scores restricted by top-k and top-p."""
+def _sample(scores: Tensor, settings: DecodeSettings, uniform: Tensor) -> Tensor:
+    """One token per row from temperature-scaled scores restricted by top-k and top-p: the first
+    whose cumulative probability exceeds the row's `uniform` draw (N,) in [0, 1)."""
     scores = scores / settings.temperature
     if settings.top_k:
         kth = scores.topk(min(settings.top_k, scores.size(-1)), dim=-1).values[:, -1:]
@@ -148,8 +152,17 @@ def _sample(scores: Tensor, settings: DecodeSettings, generator: torch.Generator
         # drop a token once the tokens ranked above it already hold top_p of the mass
         drop = cumulative - sorted_scores.softmax(-1) >= settings.top_p
         scores = scores.scatter(1, order, sorted_scores.masked_fill(drop, float("-inf")))
-    probs = scores.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    cumulative = scores.double().softmax(-1).cumsum(-1)
+    total = cumulative[:, -1:]
+    # strictly below the total, so that the token found has probability > 0
+    target = torch.minimum(uniform.double().unsqueeze(1) * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, target, right=True).squeeze(1)
+
+
+def sampling_noise(rows: int, max_length: int, generator: torch.Generator | None = None) -> Tensor:
+    """The uniforms (rows, max_length) that sampling turns into each row's tokens, one per step,
+    from `generator` (a session's or a request's own), else from torch's global one."""
+    return torch.rand(rows, max_length, generator=generator)
 
 
 @contextmanager
@@ -167,10 +180,16 @@ def _evaluating(*models: Seq2Seq | None) -> Iterator[None]:
 
 
 def decode(
-    model: Seq2Seq, src: Tensor, lengths: Tensor, settings: DecodeSettings, backward: Seq2Seq | None = None
+    model: Seq2Seq,
+    src: Tensor,
+    lengths: Tensor,
+    settings: DecodeSettings,
+    backward: Seq2Seq | None = None,
+    noise: Tensor | None = None,
 ) -> Replies:
     """Replies to a batch of encoded queries (src (B, S) on the model's device); MMI reranking
-    needs the `backward` model, p(query | reply)."""
+    needs the `backward` model, p(query | reply); sampling draws from `noise` (B, >= max_length,
+    `sampling_noise`), else from torch's global generator."""
     if settings.method == "beam":
         hypotheses = beam_hypotheses(model, src, lengths, settings)
         score = hypotheses.ranked
@@ -182,22 +201,26 @@ def decode(
         return best(hypotheses.tokens, score, settings.n_best)
     with _evaluating(model):
         memory, hidden = model.encode(src, lengths)
-        return _greedy_or_sample(model, memory, hidden, settings)
+        if settings.method == "sample" and noise is None:
+            noise = sampling_noise(src.size(0), settings.max_length)
+        return _greedy_or_sample(model, memory, hidden, settings, noise)
 
 
-def _greedy_or_sample(model: Seq2Seq, memory: Memory, hidden: Tensor, settings: DecodeSettings) -> Replies:
+def _greedy_or_sample(
+    model: Seq2Seq, memory: Memory, hidden: Tensor, settings: DecodeSettings, noise: Tensor | None
+) -> Replies:
     batch, device = memory.values.size(0), memory.values.device
-    generator = None  # greedy, or sampling from a seeded generator of its own
-    if settings.method == "sample" and settings.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(settings.seed)
+    if noise is not None:
+        noise = noise.to(device)
     history = torch.empty(batch, 0, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     total = torch.zeros(batch, device=device)
     token = torch.full((batch, 1), SOS, dtype=torch.long, device=device)
-    for _ in range(settings.max_length):
+    for step in range(settings.max_length):
         logits, hidden, _ = model.decoder(token, hidden, memory)
         scores = next_token_scores(logits[:, -1], history, settings)
-        choice = _sample(scores, settings, generator) if settings.method == "sample" else scores.argmax(-1)
+        sampled = settings.method == "sample"
+        choice = _sample(scores, settings, noise[:, step]) if sampled else scores.argmax(-1)
         total += torch.where(finished, 0.0, scores.gather(1, choice.unsqueeze(1)).squeeze(1))
         choice = choice.masked_fill(finished, PAD)
         history = torch.cat([history, choice.unsqueeze(1)], dim=1)
@@ -365,15 +388,20 @@ def reply_batch(
     settings: DecodeSettings,
     backward: Seq2Seq | None = None,
     context: Context = NO_CONTEXT,
+    generator: torch.Generator | None = None,
 ) -> list[list[str]]:
     """The best reply's tokens for each normalised source (a query, after its earlier turns if
-    any), decoded as one batch; `context` is what the model reads of the earlier turns.
+    any), decoded as one batch; `context` is what the model reads of the earlier turns; sampling
+    draws from `generator` (a session's, seeded once), else from torch's global one.
 
     A query is cut to the words the model was trained on (`words_within(max_length)`).
     """
     device = next(model.parameters()).device
     src, lengths = encode_queries(vocab, queries, settings.max_length, device, context)
-    replies = decode(model, src, lengths, settings, backward)
+    noise = (
+        sampling_noise(len(queries), settings.max_length, generator) if settings.method == "sample" else None
+    )
+    replies = decode(model, src, lengths, settings, backward, noise)
     return [vocab.decode(row[0].tolist()) for row in replies.tokens.cpu()]
 
 
@@ -392,12 +420,13 @@ class Conversation:
         query: str,
         settings: DecodeSettings,
         backward: Seq2Seq | None = None,
+        generator: torch.Generator | None = None,
     ) -> list[str]:
         """The reply's tokens to a normalised query after the turns so far; both then join them,
         the query as the model read it (`words_within(max_length)`)."""
         query = " ".join(query.split()[: words_within(settings.max_length)])
         source = join_turns([*self.history, query])
-        reply = reply_batch(model, vocab, [source], settings, backward, self.context)[0]
+        reply = reply_batch(model, vocab, [source], settings, backward, self.context, generator)[0]
         if self.context.turns:
             self.history = [*self.history, query, " ".join(reply)][-self.context.turns :]
         return reply

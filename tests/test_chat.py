@@ -52,6 +52,27 @@ def test_piped_mode_with_beam_and_sampling(trained_checkpoint, tmp_path):
         assert result.stdout.decode() == "my name is bob.\n"
 
 
+def test_a_seed_seeds_the_session_once(trained_checkpoint, tmp_path):
+    flags = [
+        "--model-path",
+        str(trained_checkpoint),
+        "--decoding",
+        "sample",
+        "--temperature",
+        "5",
+        "--seed",
+        "0",
+    ]
+    stdin = b"hello .\n" * 8
+    first, again = (run_chat(flags, stdin, tmp_path) for _ in range(2))
+    assert first.returncode == 0, first.stderr.decode()
+    replies = first.stdout.decode().splitlines()
+    assert len(replies) == 8 and len(set(replies)) > 1  # the same line, different draws
+    assert again.stdout == first.stdout  # the session repeats with its seed
+    other = run_chat([*flags[:-1], "1"], stdin, tmp_path)
+    assert other.stdout != first.stdout
+
+
 def test_missing_checkpoint_is_one_line(tmp_path):
     result = run_chat(["--model-path", str(tmp_path / "none.pth")], b"hi\n", tmp_path)
     assert result.returncode == 1
@@ -112,7 +133,8 @@ def test_a_backward_model_reranks_by_default_and_says_so(trained_checkpoint, bac
     for result, path in ((given, backward_checkpoint), (found, "checkpoints/backward/best_model.pth")):
         err = result.stderr.decode()
         assert result.returncode == 0, err
-        assert f"replies are reranked by MMI with {path}" in err.splitlines()[0]
+        assert err.startswith("model ") and " on cpu in " in err.splitlines()[0]
+        assert f"replies are reranked by MMI with {path}" in err.splitlines()[1]
         assert "Traceback" not in err
         replies = result.stdout.decode().split("\n")[:-1]
         assert len(replies) == len(lines)
@@ -179,14 +201,19 @@ def test_mmi_and_nbest_commands(trained_checkpoint, backward_checkpoint, tmp_pat
     assert sized.command("/beam 4").startswith("/beam: --beam-groups 3 does not divide the beam of 4")
     bot = Chat(chat.make_parser().parse_args([*args, "--decoding", "greedy"]))
     assert bot.settings.rerank == "none" and bot.settings.method == "greedy"
-    assert bot.command("/mmi") == "decoding: beam, 20 beams, reranked by MMI"
+    assert bot.command("/mmi") == "decoding: beam search, 20 beams, reranked by MMI"
     assert bot.respond("how are you ?") == ("i'm fine.", [])
-    assert bot.command("/nbest 4") == "decoding: beam, 5 beams, reranked by MMI"  # --beam-size 5 is wider
+    assert (
+        bot.command("/nbest 4") == "decoding: beam search, 5 beams, reranked by MMI"
+    )  # --beam-size 5 is wider
     assert bot.command("/nbest x").startswith("/nbest: expected a positive integer")
-    assert bot.command("/mmi off") == "decoding: beam, 5 beams"
-    assert bot.command("/beam 2") == "decoding: beam, 2 beams"  # a beam of 2, whatever /nbest said
-    assert bot.command("/mmi") == "decoding: beam, 20 beams, reranked by MMI"
-    assert bot.command("/beam 3") == "decoding: beam, 3 beams, reranked by MMI"
+    assert bot.command("/mmi off") == "decoding: beam search, 5 beams"
+    assert bot.command("/beam 2") == "decoding: beam search, 2 beams"  # a beam of 2, whatever /nbest said
+    assert bot.command("/mmi") == "decoding: beam search, 20 beams, reranked by MMI"
+    assert bot.command("/beam 3") == "decoding: beam search, 3 beams, reranked by MMI"
     assert bot.command("/mmi on").startswith("/mmi: expected nothing or off")
-    assert bot.command("/sample 0.5") == "decoding: sample" and bot.settings.rerank == "none"
+    assert (
+        bot.command("/sample 0.5") == "decoding: sampling at temperature 0.5"
+        and bot.settings.rerank == "none"
+    )
     assert "rerank=none" in bot.command("/settings")

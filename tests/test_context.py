@@ -176,7 +176,7 @@ def test_piped_chat_is_one_conversation_until_a_blank_line(context_checkpoint, t
     assert "reads the last 2 turns" in result.stderr
     alone = chat(context_checkpoint, "--no-context", lines="i am sad.\nwhy?\n", cwd=tmp_path)
     assert alone.stdout.splitlines() == ["ok.", "because."]
-    assert "--no-context: every line is answered alone" in alone.stderr
+    assert "--no-context: every message is answered alone" in alone.stderr
 
 
 def test_hostile_lines_in_a_conversation_get_one_line_each(context_checkpoint, tmp_path):

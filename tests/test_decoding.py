@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from seq2seq.batching import collate
-from seq2seq.decoding import DecodeSettings, decode
+from seq2seq.decoding import DecodeSettings, decode, sampling_noise
 from seq2seq.model import Memory, Seq2Seq
 from seq2seq.vocab import EOS, PAD, SOS
 from tests.helpers import tiny_config
@@ -57,8 +57,13 @@ def random_queries(n=5, seed=0):
     )
 
 
-def run(model, batch, **settings):
-    return decode(model, batch.src, batch.lengths, DecodeSettings(**settings))
+def run(model, batch, seed=None, **settings):
+    """decode() with the settings given; a `seed` seeds the sampling noise of the whole batch."""
+    settings = DecodeSettings(**settings)
+    noise = None
+    if seed is not None:
+        noise = sampling_noise(batch.src.size(0), settings.max_length, torch.Generator().manual_seed(seed))
+    return decode(model, batch.src, batch.lengths, settings, noise=noise)
 
 
 def test_greedy_equals_beam_of_one():
@@ -164,3 +169,35 @@ def test_batched_equals_one_at_a_time(method):
         width = alone.tokens.size(-1)
         assert torch.equal(alone.tokens[0], together.tokens[i, :, :width])
         assert (together.tokens[i, :, width:] == PAD).all()
+
+
+def test_sampling_takes_the_token_where_the_cumulative_probability_passes_the_draw():
+    model = MarkovModel({SOS: {A: 0.4, B: 0.35, C: 0.25}, A: {EOS: 1.0}, B: {EOS: 1.0}, C: {EOS: 1.0}})
+    draws = torch.tensor([0.0, 0.39, 0.41, 0.74, 0.76, 0.999999])
+    noise = torch.stack([draws, torch.zeros(6)], dim=1)  # the second step draws EOS, the only choice
+    settings = DecodeSettings("sample", max_length=2)
+    tokens = decode(model, queries(6).src, queries(6).lengths, settings, noise=noise).tokens[:, 0, 0]
+    assert tokens.tolist() == [A, A, B, B, C, C]
+
+
+def test_sampling_draws_as_often_as_the_probabilities_say():
+    model = MarkovModel({SOS: {A: 0.5, B: 0.3, C: 0.2}, A: {EOS: 1.0}, B: {EOS: 1.0}, C: {EOS: 1.0}})
+    batch = queries(4000)
+    torch.manual_seed(0)
+    firsts = decode(model, batch.src, batch.lengths, DecodeSettings("sample", max_length=2)).tokens[:, 0, 0]
+    shares = [(firsts == t).float().mean().item() for t in (A, B, C)]
+    assert shares == pytest.approx([0.5, 0.3, 0.2], abs=0.03)  # 4.5 standard errors at most
+
+
+def test_a_sampled_reply_depends_on_its_own_draws_not_on_its_batch():
+    model, batch = random_model(), random_queries(6)
+    settings = DecodeSettings("sample", max_length=10, temperature=1.5)
+    noise = sampling_noise(6, 10, torch.Generator().manual_seed(3))
+    together = decode(model, batch.src, batch.lengths, settings, noise=noise).tokens
+    for i in (0, 4):
+        n = int(batch.lengths[i])
+        alone = decode(
+            model, batch.src[i : i + 1, :n], batch.lengths[i : i + 1], settings, noise=noise[i : i + 1]
+        )
+        width = alone.tokens.size(-1)
+        assert torch.equal(alone.tokens[0], together[i, :, :width])
