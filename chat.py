@@ -21,8 +21,6 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 from seq2seq.chatbot import Chatbot, describe
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import (
@@ -34,7 +32,7 @@ from seq2seq.cli import (
     positive_int,
     temperature,
 )
-from seq2seq.decoding import Conversation, DecodingError
+from seq2seq.decoding import Conversation, DecodingError, seeded
 from seq2seq.devices import DeviceError
 from seq2seq.vocab import detokenize
 
@@ -70,7 +68,7 @@ class Chat(Chatbot):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.conversation = Conversation(self.context)
-        self.generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
+        self.generator = seeded(args.seed)
 
     def respond(self, line: str) -> tuple[str, list[str]]:
         """The reply (empty if there is nothing to answer) and notes for the user."""

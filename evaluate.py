@@ -17,7 +17,6 @@ import json
 import sys
 from dataclasses import asdict, replace
 
-import torch
 from tqdm import tqdm
 
 from seq2seq.batching import encode_pairs, iterate_batches
@@ -34,7 +33,7 @@ from seq2seq.cli import (
     reranks,
 )
 from seq2seq.cornell import CorpusError, read_pairs
-from seq2seq.decoding import DecodeSettings, DecodingError, reply_batch
+from seq2seq.decoding import DecodeSettings, DecodingError, reply_batch, seeded
 from seq2seq.devices import DeviceError
 from seq2seq.files import write_text_atomic
 from seq2seq.metrics import generation_scores, most_frequent
@@ -97,7 +96,7 @@ def generate(
 ) -> list[list[str]]:  # fmt: skip
     """Replies (tokens) to every source, `batch_size` at a time, with a progress bar; sampling
     is seeded once with `seed`."""
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    generator = seeded(seed)
     replies: list[list[str]] = []
     name = settings.method + (" + MMI" if settings.rerank == "mmi" else "")
     with tqdm(total=len(queries), unit="reply", desc=f"generating ({name})", file=sys.stderr) as bar:

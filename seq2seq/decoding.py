@@ -159,6 +159,12 @@ def _sample(scores: Tensor, settings: DecodeSettings, uniform: Tensor) -> Tensor
     return torch.searchsorted(cumulative, target, right=True).squeeze(1)
 
 
+def seeded(seed: int | None) -> torch.Generator | None:
+    """A generator seeded once with `seed` (a chat session's, a request's), for sampling_noise;
+    None without a seed (torch's global generator)."""
+    return None if seed is None else torch.Generator().manual_seed(seed % 2**64)
+
+
 def sampling_noise(rows: int, max_length: int, generator: torch.Generator | None = None) -> Tensor:
     """The uniforms (rows, max_length) that sampling turns into each row's tokens, one per step,
     from `generator` (a session's or a request's own), else from torch's global one."""

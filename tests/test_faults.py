@@ -80,7 +80,9 @@ def test_a_plot_that_cannot_be_written_is_a_note_and_the_run_succeeds(pair_dir, 
     assert load_checkpoint(tmp_path / "run" / "last.pth")["iteration"] == 2
 
 
-@pytest.mark.parametrize("script", ["train.py", "convert_to_torchscript.py", "sweep.py", "evaluate.py"])
+@pytest.mark.parametrize(
+    "script", ["train.py", "convert_to_torchscript.py", "sweep.py", "evaluate.py", "serve.py"]
+)
 def test_ctrl_c_while_a_script_starts_is_one_line(script, tmp_path):
     process = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)  # fmt: skip

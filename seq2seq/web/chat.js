@@ -1,0 +1,243 @@
+// The chat page of serve.py: the conversation lives here, in the page (and sessionStorage, so a
+// reload keeps it), and is sent whole with each request; the server keeps none.
+"use strict";
+
+const STORE = "chatbot-seq2seq/conversation";
+const KEY_STORE = "chatbot-seq2seq/api-key";
+const MODE_STORE = "chatbot-seq2seq/mode";
+const SENT = 40; // the most recent messages sent with each request: more than any model reads
+const VARIED_TEMPERATURE = 0.8;
+
+const $ = (id) => document.getElementById(id);
+const log = $("log"), empty = $("empty"), form = $("form"), input = $("input"), sendButton = $("send");
+const mode = $("mode"), keyRow = $("keyrow"), keyInput = $("key"), status = $("status");
+
+let model = null;
+let busy = false;
+let conversation = load();
+
+function load() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(STORE) || "[]");
+    const valid = (m) => m && (m.role === "user" || m.role === "assistant") && typeof m.content === "string";
+    return Array.isArray(saved) ? saved.filter(valid) : [];
+  } catch {
+    return [];
+  }
+}
+
+function save() {
+  try {
+    sessionStorage.setItem(STORE, JSON.stringify(conversation));
+  } catch {
+    // storage full or disabled: the conversation still lives in the page
+  }
+}
+
+function scrollDown() {
+  log.scrollTop = log.scrollHeight;
+}
+
+// The model writes lower case ("i'm fine. where is he?"): shown with capitals where a reader
+// expects them; the conversation keeps the words as they came.
+function pretty(text) {
+  return text
+    .replace(/\bi\b/g, "I")
+    .replace(/(^|[.!?]\s+)([a-z])/g, (_, before, letter) => before + letter.toUpperCase());
+}
+
+function addTurn(role, text, notes = []) {
+  empty.hidden = true;
+  const turn = document.createElement("div");
+  turn.className = `turn ${role}`;
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.textContent = (role === "assistant" ? pretty(text) : text) || "…";
+  turn.append(bubble);
+  addNotes(turn, notes);
+  log.append(turn);
+  scrollDown();
+  return turn;
+}
+
+function addNotes(turn, notes) {
+  for (const note of notes) {
+    const line = document.createElement("div");
+    line.className = "note";
+    line.textContent = note;
+    turn.append(line);
+  }
+}
+
+function showTyping() {
+  const turn = document.createElement("div");
+  turn.className = "turn assistant typing";
+  turn.setAttribute("aria-label", "the bot is typing");
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  for (let i = 0; i < 3; i++) {
+    const dot = document.createElement("span");
+    dot.className = "dot";
+    bubble.append(dot);
+  }
+  turn.append(bubble);
+  log.append(turn);
+  scrollDown();
+  return turn;
+}
+
+function showError(message, retry) {
+  const box = document.createElement("div");
+  box.className = "error";
+  box.setAttribute("role", "alert");
+  const text = document.createElement("span");
+  text.textContent = message;
+  box.append(text);
+  if (retry) {
+    const again = document.createElement("button");
+    again.type = "button";
+    again.textContent = "Retry";
+    again.addEventListener("click", () => {
+      box.remove();
+      retry();
+    });
+    box.append(again);
+  }
+  log.append(box);
+  scrollDown();
+}
+
+function clearErrors() {
+  for (const box of log.querySelectorAll(".error")) box.remove();
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key) h.Authorization = `Bearer ${key}`;
+  return h;
+}
+
+async function checkHealth() {
+  try {
+    const response = await fetch("/health", { cache: "no-store" });
+    const body = await response.json();
+    model = body.model;
+    status.className = response.ok ? "status ok" : "status down";
+    status.title = response.ok ? `serving ${model}` : `the server says: ${body.status}`;
+  } catch {
+    status.className = "status down";
+    status.title = "the server cannot be reached";
+  }
+}
+
+class RequestError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function ask(messages) {
+  if (!model) await checkHealth();
+  const body = { model: model || "", messages };
+  if (mode.value === "varied") body.temperature = VARIED_TEMPERATURE;
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), 60000);
+  let response;
+  try {
+    response = await fetch("/v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
+    });
+  } catch {
+    throw new RequestError("The server cannot be reached: is serve.py still running?", 0);
+  } finally {
+    clearTimeout(timer);
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    // not JSON: said below by the status
+  }
+  if (!response.ok) {
+    const message = data && data.error && data.error.message;
+    throw new RequestError(message || `The server answered ${response.status} ${response.statusText}.`, response.status);
+  }
+  return data;
+}
+
+async function send(text) {
+  if (busy || !text.trim()) return;
+  busy = true;
+  sendButton.disabled = true;
+  clearErrors();
+  const turn = addTurn("user", text);
+  const typing = showTyping();
+  const messages = [...conversation, { role: "user", content: text }].slice(-SENT);
+  try {
+    const data = await ask(messages);
+    const reply = data.choices[0].message.content;
+    addNotes(turn, data.notes || []);
+    conversation.push({ role: "user", content: text }, { role: "assistant", content: reply });
+    save();
+    typing.remove();
+    addTurn("assistant", reply);
+  } catch (error) {
+    typing.remove();
+    turn.classList.add("failed");
+    if (error.status === 401) {
+      keyRow.hidden = false;
+      keyInput.focus();
+    }
+    const retry = error.status === 400 ? null : () => { turn.remove(); send(text); };
+    showError(error.message, retry);
+    if (error.status === 0) checkHealth();
+  } finally {
+    busy = false;
+    sendButton.disabled = false;
+    if (keyRow.hidden) input.focus();
+  }
+}
+
+function newConversation() {
+  conversation = [];
+  save();
+  for (const node of [...log.children]) if (node !== empty) node.remove();
+  empty.hidden = false;
+  input.focus();
+}
+
+function grow() {
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = input.value;
+  input.value = "";
+  grow();
+  send(text);
+});
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+input.addEventListener("input", grow);
+keyInput.addEventListener("change", () => {
+  sessionStorage.setItem(KEY_STORE, keyInput.value.trim());
+  input.focus();
+});
+$("new").addEventListener("click", newConversation);
+for (const button of $("suggestions").querySelectorAll("button")) {
+  button.addEventListener("click", () => send(button.textContent));
+}
+mode.value = localStorage.getItem(MODE_STORE) === "varied" ? "varied" : "best";
+mode.addEventListener("change", () => localStorage.setItem(MODE_STORE, mode.value));
+
+for (const message of conversation) addTurn(message.role, message.content);
+checkHealth();
+input.focus();
