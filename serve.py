@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -60,6 +61,8 @@ def make_parser() -> ArgumentParser:
     )
     p.add_argument("--max-messages", type=positive_int, default=Limits.max_messages,
                    help="most messages a request may send")  # fmt: skip
+    p.add_argument("--max-connections", type=positive_int, default=1000,
+                   help="open connections at most; beyond, 503 (each holds a file descriptor)")  # fmt: skip
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     return p
 
@@ -79,6 +82,11 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+# The Host headers a loopback server answers: a web page elsewhere cannot reach it through a name
+# of its own that resolves to 127.0.0.1 (DNS rebinding).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -94,8 +102,9 @@ def main() -> None:
         bot = Chatbot(args)
     except (CheckpointError, DeviceError, DecodingError) as error:
         fail(str(error))
+    loopback = is_loopback(args.host)
     options = ServeOptions(args.model_name, api_key, Limits(args.max_body, args.max_messages), args.max_batch,
-                           args.max_wait_ms, args.max_queue, args.timeout)  # fmt: skip
+                           args.max_wait_ms, args.max_queue, args.timeout, LOOPBACK_NAMES if loopback else None)  # fmt: skip
     app = create_app(bot, options)
 
     import uvicorn
@@ -107,15 +116,19 @@ def main() -> None:
 
         def handle_exit(self, sig: int, frame) -> None:
             if self.should_exit:
-                self.force_exit = sig == signal.SIGINT
+                self.force_exit |= sig == signal.SIGINT
                 return
             app.state.serving["draining"] = True
-            print("stopping: finishing the requests in flight, refusing new ones (Ctrl-C again: stop now)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            # os.write: a signal may land while print holds stderr's buffer
+            os.write(
+                2, b"stopping: finishing the requests in flight, refusing new ones (Ctrl-C again: stop now)\n"
+            )
             self.should_exit = True
 
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
-                            timeout_graceful_shutdown=args.timeout + 5)  # fmt: skip
+                            limit_concurrency=args.max_connections, timeout_graceful_shutdown=args.timeout + 5)  # fmt: skip
+    if args.access_log:  # uvicorn's access lines are INFO, below the warnings it logs otherwise
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = Server(config)
     for line in bot.startup():
         print(line, file=sys.stderr)
@@ -124,7 +137,7 @@ def main() -> None:
     batching = f"batches of up to {args.max_batch} rows" if args.max_batch > 1 else "one request at a time"
     print(f"serving '{args.model_name}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
           f"(OpenAI API), {batching}; Ctrl-C stops", file=sys.stderr, flush=True)  # fmt: skip
-    if not is_loopback(host):
+    if not loopback:
         print(f"note: listening on {host}: anyone who can reach this machine can talk to the bot"
               + ("" if api_key else " (--api-key requires a key)"), file=sys.stderr, flush=True)  # fmt: skip
     asyncio.run(server.serve(sockets=[sock]))

@@ -27,6 +27,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 from torch import Tensor
 
@@ -36,32 +37,30 @@ from .decoding import DecodeSettings, DecodingError, decode, encode_queries, sam
 from .vocab import EOS, PAD, detokenize, join_turns, words_within
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-# The page and its two files, served from memory with their types.
+# The page and what it loads, served from memory with their types.
 WEB_FILES = {"/": ("index.html", "text/html"), "/chat.js": ("chat.js", "text/javascript"),
              "/chat.css": ("chat.css", "text/css"), "/favicon.svg": ("favicon.svg", "image/svg+xml")}  # fmt: skip
+HONOURED = {"model", "messages", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+            "seed", "stop", "stream", "stream_options"}  # fmt: skip
 # Chat-completion parameters OpenAI defines that change nothing here, whatever their value.
 IGNORED = {"user", "safety_identifier", "metadata", "store", "service_tier", "prompt_cache_key",
            "prompt_cache_retention", "prompt_cache_options", "moderation", "parallel_tool_calls"}  # fmt: skip
-# Parameters accepted only with the value that asks for nothing this model cannot do.
-NEUTRAL = {"frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logprobs": (False,),
-           "top_logprobs": (0,), "logit_bias": ({},), "tools": ([],), "functions": ([],),
-           "tool_choice": ("none",), "function_call": ("none",), "response_format": ({"type": "text"},),
-           "modalities": (["text"],), "audio": (), "prediction": (), "web_search_options": (),
-           "reasoning_effort": (), "verbosity": ()}  # fmt: skip
-HONOURED = {"model", "messages", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-            "seed", "stop", "stream", "stream_options"}  # fmt: skip
-WHY_NOT = {
-    "frequency_penalty": "the server's --no-repeat-ngram is its repetition control",
-    "presence_penalty": "the server's --no-repeat-ngram is its repetition control",
-    "logprobs": "replies are chosen by beam search and MMI reranking as often as by their probability",
-    "top_logprobs": "replies are chosen by beam search and MMI reranking as often as by their probability",
-    "logit_bias": "the vocabulary is the model's own words, not OpenAI's token ids",
-    "tools": "this model does not call tools", "functions": "this model does not call tools",
-    "tool_choice": "this model does not call tools", "function_call": "this model does not call tools",
-    "response_format": "it only writes plain sentences", "modalities": "it only writes text",
-    "audio": "it only writes text", "prediction": "it writes replies of a few words",
-    "web_search_options": "it does not search", "reasoning_effort": "it does not reason step by step",
-    "verbosity": "its replies have the length it learned",
+# Parameters accepted only with the values that ask for nothing this model cannot do (or null),
+# and why others are refused.
+TOOLS = "this model does not call tools"
+UNSUPPORTED = {
+    "frequency_penalty": ((0, 0.0), "the server's --no-repeat-ngram is its repetition control"),
+    "presence_penalty": ((0, 0.0), "the server's --no-repeat-ngram is its repetition control"),
+    "logprobs": ((False,), "beam search and MMI choose replies by more than their probability"),
+    "top_logprobs": ((0,), "beam search and MMI choose replies by more than their probability"),
+    "logit_bias": (({},), "the vocabulary is the model's own words, not OpenAI's token ids"),
+    "tools": (([],), TOOLS), "functions": (([],), TOOLS), "tool_choice": (("none",), TOOLS),
+    "function_call": (("none",), TOOLS),
+    "response_format": (({"type": "text"},), "it only writes plain sentences"),
+    "modalities": ((["text"],), "it only writes text"), "audio": ((), "it only writes text"),
+    "prediction": ((), "it writes replies of a few words"), "web_search_options": ((), "it does not search"),
+    "reasoning_effort": ((), "it does not reason step by step"),
+    "verbosity": ((), "its replies have the length it learned"),
 }  # fmt: skip
 ROLES = ("system", "developer", "user", "assistant")
 SEED_RANGE = (-(2**63), 2**64 - 1)
@@ -245,8 +244,11 @@ def _max_tokens(payload: dict) -> int | None:
     return _number(payload, "max_tokens", 1, 2**31, integer=True) if value is None else value
 
 
-def _decoding(payload: dict, server: DecodeSettings, limits: Limits) -> tuple[DecodeSettings, int, int]:
-    """The settings a request decodes with, the rows it takes and the choices it asks for.
+def _decoding(
+    payload: dict, server: DecodeSettings, limits: Limits
+) -> tuple[DecodeSettings, int, int, int | None]:
+    """The settings a request decodes with, the rows it takes, the choices it asks for and the
+    tokens a reply may hold.
 
     temperature 0 asks for the server's deterministic decoding (greedy where the server samples);
     temperature > 0, or top_p < 1, for sampling; max_tokens shortens replies; n asks for n samples,
@@ -265,17 +267,17 @@ def _decoding(payload: dict, server: DecodeSettings, limits: Limits) -> tuple[De
     max_tokens = _max_tokens(payload)
     if max_tokens is not None and max_tokens + 1 < settings.max_length:  # room for EOS after max_tokens
         settings = replace(
-            settings, max_length=max_tokens + 1, min_length=min(settings.min_length, max_tokens + 1)
+            settings, max_length=max_tokens + 1, min_length=min(settings.min_length, max_tokens)
         )
     n = _number(payload, "n", 1, limits.max_n, integer=True) or 1
     if settings.method == "sample":
-        return settings, n, n
+        return settings, n, n, max_tokens
     if n > 1 and settings.method == "greedy":
         raise ApiError(400, "n > 1 asks for different replies, but this server decodes greedily: ask for "
                        "sampling (temperature > 0), or start the server with --decoding beam.", "n")  # fmt: skip
-    if n > settings.width:
+    if n > settings.n_best:  # decode returns the n_best best of the beam, which widens to hold them
         settings = replace(settings, n_best=n)
-    return settings, 1, n
+    return settings, 1, n, max_tokens
 
 
 def read_request(payload: dict, bot: Chatbot, model_name: str, limits: Limits) -> ChatRequest:
@@ -284,11 +286,13 @@ def read_request(payload: dict, bot: Chatbot, model_name: str, limits: Limits) -
     for name in payload:
         if name in HONOURED or name in IGNORED:
             continue
-        if name not in NEUTRAL:
-            raise ApiError(400, f"Unrecognized request argument supplied: {str(name)[:60]}", name)
-        if payload[name] is not None and payload[name] not in NEUTRAL[name]:
-            raise ApiError(400, f"'{name}' is not supported by this server: {WHY_NOT[name]}.", name,
-                           "unsupported_parameter")  # fmt: skip
+        if name not in UNSUPPORTED:
+            raise ApiError(400, f"Unrecognized request argument supplied: {name[:60]}", name[:60])
+        accepted, why = UNSUPPORTED[name]
+        if payload[name] is not None and payload[name] not in accepted:
+            raise ApiError(
+                400, f"'{name}' is not supported by this server: {why}.", name, "unsupported_parameter"
+            )
     model = payload.get("model")
     if "model" not in payload:
         raise ApiError(400, f"'model' is required: this server serves '{model_name}'.", "model",
@@ -300,7 +304,7 @@ def read_request(payload: dict, bot: Chatbot, model_name: str, limits: Limits) -
                        "model", "model_not_found")  # fmt: skip
     source, notes = read_messages(payload, bot, limits)
     try:
-        settings, rows, n = _decoding(payload, bot.settings, limits)
+        settings, rows, n, max_tokens = _decoding(payload, bot.settings, limits)
     except DecodingError as error:
         raise ApiError(400, f"These parameters cannot decode: {error}.") from None
     seed = _number(payload, "seed", *SEED_RANGE, integer=True)
@@ -318,7 +322,7 @@ def read_request(payload: dict, bot: Chatbot, model_name: str, limits: Limits) -
         include_usage = _flag(options, "include_usage")
     ids = bot.context.source_ids(bot.vocab, source, words_within(bot.settings.max_length))
     return ChatRequest(source, settings, n, rows, noise, len(ids), stream, include_usage,
-                       _stop_sequences(payload, limits), notes, _max_tokens(payload))  # fmt: skip
+                       _stop_sequences(payload, limits), notes, max_tokens)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -456,6 +460,7 @@ class ServeOptions:
     max_wait_ms: float = 10.0
     max_queue: int = 256
     timeout: float = 30.0
+    allowed_hosts: tuple[str, ...] | None = None  # Host headers answered (None: any)
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -527,29 +532,43 @@ def create_app(bot: Chatbot, options: ServeOptions) -> FastAPI:
     served_print = fingerprint(bot)
     created = int(Path(bot.args.model_path).stat().st_mtime)
     web = {route: ((WEB_DIR / name).read_bytes(), kind) for route, (name, kind) in WEB_FILES.items()}
-    state = {"draining": False}
+    state = {"draining": False, "broken": None}
+
+    def worker_ended(worker: asyncio.Task) -> None:
+        """The batcher only ends when cancelled; if it failed, the server says so and refuses work."""
+        if not worker.cancelled() and worker.exception() is not None:
+            state["broken"] = f"{type(worker.exception()).__name__}: {first_line(worker.exception())}"
+            log(f"error: the decoding worker stopped ({state['broken']}); restart serve.py")
 
     @asynccontextmanager
     async def lifespan(app) -> AsyncIterator[None]:
         worker = asyncio.create_task(batcher.work())
+        worker.add_done_callback(worker_ended)
         yield
         worker.cancel()
         batcher.executor.shutdown(wait=True)
 
-    app = FastAPI(title="chatbot-seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="chatbot-seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if options.allowed_hosts:  # a loopback server answers loopback names only (no DNS rebinding)
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(options.allowed_hosts))
     app.state.batcher = batcher
     app.state.serving = state
 
-    def error(e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    def error(e: ApiError) -> Response:
+        # ASCII JSON: an error may quote what the client sent, lone surrogates included
+        return Response(json.dumps(e.body()), e.status, e.headers, media_type="application/json")
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         message = {404: f"No route {request.method} {request.url.path[:100]}.",
                    405: f"{request.method} is not allowed on {request.url.path[:100]}."}.get(exc.status_code, str(exc.detail))  # fmt: skip
-        return error(ApiError(exc.status_code, message, kind="invalid_request_error"))
+        return error(ApiError(exc.status_code, message, headers=exc.headers))
 
     def authorize(request: Request) -> None:
+        if state["broken"]:
+            raise ApiError(
+                503, f"The server cannot decode ({state['broken']}); restart it.", kind="server_error"
+            )
         if state["draining"]:
             raise ApiError(503, "The server is shutting down.", code="shutting_down", kind="server_error")
         if options.api_key is None:
@@ -580,12 +599,13 @@ def create_app(bot: Chatbot, options: ServeOptions) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": "shutting down" if state["draining"] else "ok", "model": options.model_name,
+        status = "broken" if state["broken"] else "shutting down" if state["draining"] else "ok"
+        body = {"status": status, "model": options.model_name, "max_messages": options.limits.max_messages,
                 "queued": len(batcher.pending), "answered": batcher.answered, "batches": batcher.batches}  # fmt: skip
-        return JSONResponse(body, status_code=503 if state["draining"] else 200)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
+    async def models(request: Request) -> Response:
         try:
             authorize(request)
         except ApiError as e:
@@ -593,7 +613,7 @@ def create_app(bot: Chatbot, options: ServeOptions) -> FastAPI:
         return JSONResponse({"object": "list", "data": [model_card()]})
 
     @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: Request) -> JSONResponse:
+    async def model(name: str, request: Request) -> Response:
         try:
             authorize(request)
             if name != options.model_name:
@@ -626,7 +646,14 @@ def create_app(bot: Chatbot, options: ServeOptions) -> FastAPI:
         job = None
         try:
             authorize(request)
-            chat = read_request(read_json(await read_body(request)), bot, options.model_name, options.limits)
+            try:
+                async with asyncio.timeout(options.timeout):  # a body that never arrives ends too
+                    body = await read_body(request)
+            except TimeoutError:
+                raise ApiError(
+                    408, f"The request body did not arrive within {options.timeout:g} s."
+                ) from None
+            chat = read_request(read_json(body), bot, options.model_name, options.limits)
             job = batcher.submit(chat)
             try:
                 choices = await asyncio.wait_for(asyncio.shield(job.future), options.timeout)

@@ -13,6 +13,7 @@ const log = $("log"), empty = $("empty"), form = $("form"), input = $("input"), 
 const mode = $("mode"), keyRow = $("keyrow"), keyInput = $("key"), status = $("status");
 
 let model = null;
+let maxMessages = SENT; // the server's --max-messages, from /health
 let busy = false;
 let conversation = load();
 
@@ -123,6 +124,7 @@ async function checkHealth() {
     const response = await fetch("/health", { cache: "no-store" });
     const body = await response.json();
     model = body.model;
+    if (Number.isInteger(body.max_messages) && body.max_messages > 0) maxMessages = body.max_messages;
     status.className = response.ok ? "status ok" : "status down";
     status.title = response.ok ? `serving ${model}` : `the server says: ${body.status}`;
   } catch {
@@ -174,7 +176,7 @@ async function send(text) {
   clearErrors();
   const turn = addTurn("user", text);
   const typing = showTyping();
-  const messages = [...conversation, { role: "user", content: text }].slice(-SENT);
+  const messages = [...conversation, { role: "user", content: text }].slice(-Math.min(SENT, maxMessages));
   try {
     const data = await ask(messages);
     const reply = data.choices[0].message.content;
