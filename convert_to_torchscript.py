@@ -1,19 +1,26 @@
-"""Export a checkpoint as a bot that runs without this repository: TorchScript or torch.export.
+"""Export a checkpoint as a bot that runs without this repository: ONNX (no PyTorch needed, down
+to a browser tab), TorchScript, or torch.export.
 
-    python convert_to_torchscript.py                               # traced: checkpoints/model_traced.pt
+    python convert_to_torchscript.py --method onnx                 # checkpoints/onnx/: python checkpoints/onnx/chat.py
+    python convert_to_torchscript.py --method onnx --quantize int8 # ... with int8 graphs beside the fp32 ones
+    python convert_to_torchscript.py --method web                  # checkpoints/web/: a static page, no server
+    python convert_to_torchscript.py                               # traced TorchScript: checkpoints/model_traced.pt
     python convert_to_torchscript.py --method script --benchmark   # scripted, with eager-vs-TorchScript latency
-    python convert_to_torchscript.py --quantize int8               # int8 GRU and linear weights
     python convert_to_torchscript.py --method export               # torch.export programs (.pt2)
 
-A TorchScript file holds the model, the vocabulary and the normalisation:
-torch.jit.load(path).reply("hi") answers in any process (or from C++ libtorch), and
-.forward(ids) maps an encoded query to the reply's ids. The bot of a model trained with context
-keeps the conversation as chat.py does (reply() reads the last turns; .reset() forgets them). Note: TorchScript is deprecated in
-PyTorch 2.x in favour of torch.export, and every torch.jit call warns so; --method export writes
-the encoder and the decoder step as torch.export programs instead (the search loop and the text
-handling stay in Python there). Every export is checked: its replies must equal the eager
-model's greedy replies on --prompts prompts (for a context model, said as conversations of
-CONVERSATION turns each).
+The ONNX folder holds the encoder and the decoder step as ONNX graphs, bot.json (vocabulary,
+max_length, context) and a runtime that needs only `pip install onnxruntime numpy`: copied
+anywhere, `python FOLDER/chat.py` talks as chat.py does, and `from bot import Bot` answers in
+Python. The web folder is the same plus a page that runs the graphs with onnxruntime-web (from
+its npm package: `npm ci`): `python -m http.server` in it, or any static host, serves a bot that
+answers in the tab. A TorchScript file holds the model, the vocabulary and the normalisation:
+torch.jit.load(path).reply("hi") answers in any process (or from C++ libtorch); TorchScript is
+deprecated in PyTorch 2.x, and every torch.jit call warns so. --method export writes the encoder
+and the decoder step as torch.export programs (the search loop and the text handling stay in
+Python there). Every bot keeps the conversation of a model trained with context, as chat.py
+does. Every export is checked: its replies must equal the eager model's greedy replies on
+--prompts prompts (for a context model, said as conversations of CONVERSATION turns each);
+int8 reports the share that stays the same.
 """
 
 import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
@@ -30,10 +37,14 @@ from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
 from seq2seq.export import build_bot, export_parts
 from seq2seq.files import FolderError, atomic_path, ensure_space, remove_stale_temporaries
+from seq2seq.onnx_export import ORT_WEB, WebBotError, load_runtime, onnxruntime_web, write_onnx_bot
 from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences
 
-DEFAULT_OUTPUT = {"trace": "checkpoints/model_traced.pt", "script": "checkpoints/model_scripted.pt",
-                  "export": "checkpoints/model_exported.pt2"}  # fmt: skip
+METHODS = ("onnx", "web", "trace", "script", "export")
+DEFAULT_OUTPUT = {"onnx": "checkpoints/onnx", "web": "checkpoints/web", "trace": "checkpoints/model_traced.pt",
+                  "script": "checkpoints/model_scripted.pt", "export": "checkpoints/model_exported.pt2"}  # fmt: skip
+LABELS = {"onnx": "ONNX Runtime", "web": "ONNX Runtime", "trace": "TorchScript (traced)",
+          "script": "TorchScript (scripted)", "export": "torch.export"}  # fmt: skip
 
 
 CONVERSATION = 5  # turns of each conversation the parity check holds with a context model
@@ -56,36 +67,45 @@ def median_ms(reply, prompts: list[str], warmup: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class ParityError(Exception):
+    """An fp32 export whose replies differ from the eager model's: refused, nothing written."""
+
+
 def main() -> None:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to export")
-    p.add_argument("--method", choices=("trace", "script", "export"), default="trace",
-                   help="trace or script the network (the search loop is always scripted), or torch.export it")  # fmt: skip
-    p.add_argument(
-        "--output-path", help="default: checkpoints/model_traced.pt, _scripted.pt or _exported.pt2"
-    )
+    p.add_argument("--method", choices=METHODS, default="trace",
+                   help="onnx: a folder that runs without PyTorch; web: the same, with a page that runs in a browser; "
+                   "trace or script: TorchScript (the search loop is always scripted); export: torch.export")  # fmt: skip
+    p.add_argument("--output-path", help="default: " + ", ".join(DEFAULT_OUTPUT.values()))
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
-                   help="int8: dynamic quantisation of the GRU and linear layers before export")  # fmt: skip
+                   help="int8: dynamic quantisation of the matrix products' weights (TorchScript: also the GRUs'; "
+                   "ONNX: int8 graphs beside the fp32 ones, which the web page then loads)")  # fmt: skip
     p.add_argument(
         "--prompts", type=positive_int, default=200, help="prompts for the parity check and timing"
     )
     p.add_argument(
         "--test-data", default="data/test.txt", help="where prompts come from (random ones if missing)"
     )
+    p.add_argument("--onnxruntime-web", default=ORT_WEB, metavar="PATH",
+                   help="onnxruntime-web's dist/ folder, which --method web copies from (npm ci installs it)")  # fmt: skip
     p.add_argument("--benchmark", action="store_true", help="time eager against exported replies")
     args = p.parse_args()
     int8 = args.quantize == "int8"
     if int8 and args.method == "export":
-        fail("--quantize int8 goes with --method trace or script")
+        fail("--quantize int8 goes with --method onnx, web, trace or script")
     warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # torch.export notices nn.GRU re-listing its own weights (_flat_weights): not the user's to fix
     warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export.*")
+    # ... and torch's GRU while_loop calling a check it plans to rename
+    warnings.filterwarnings("ignore", message=r".*_check_is_size will be removed.*", category=FutureWarning)
     try:
         # the exported bot runs on the CPU, in fp32
         model, vocab, checkpoint = load_for_inference(args.model_path, "cpu", "fp32")
         prompts = prompts_for(args.test_data, args.prompts, vocab)
-    except (CheckpointError, CorpusError) as error:
+        web = onnxruntime_web(args.onnxruntime_web) if args.method == "web" else None
+    except (CheckpointError, CorpusError, WebBotError) as error:
         fail(str(error))
     max_length, context = trained_max_length(checkpoint), checkpoint_context(checkpoint)
     output = Path(args.output_path or DEFAULT_OUTPUT[args.method])
@@ -104,21 +124,36 @@ def main() -> None:
             replies.append(reply(prompt))
         return replies
 
-    def check(bot) -> int:
+    def check(bot, name: str = "", exact: bool = True) -> int:
         """Replies identical to eager; an fp32 export that differs is refused before it is kept."""
         replies = conversation(bot.reply, bot.reset)
         same = sum(got == expected for got, expected in zip(replies, reference))
-        print(f"parity: {same}/{len(prompts)} replies identical to the eager fp32 model")
-        if not int8 and same != len(prompts):
-            fail(f"the export differs from the eager model on {len(prompts) - same} prompts; nothing written")
+        print(f"parity{name}: {same}/{len(prompts)} replies identical to the eager fp32 model")
+        if exact and same != len(prompts):
+            raise ParityError(
+                f"the export differs from the eager model on {len(prompts) - same} prompts; nothing written"
+            )
         return same
+
+    def check_folder(folder: Path) -> None:
+        runtime = load_runtime(folder)
+        check(runtime.Bot(folder))
+        if int8:
+            check(runtime.Bot(folder, int8=True), " (int8)", exact=False)
 
     reference = conversation(eager, said.reset)
     try:
         remove_stale_temporaries(output.parent)
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        ensure_space(output.parent, 2 * weights + 2**20)  # the file, and the temporary beside it
-        if args.method == "export":
+        copies = 4 if args.method in ("onnx", "web") else 2  # encoder and step, fp32 and int8
+        ensure_space(output.parent, copies * weights + 2**20 + (2**25 if web else 0))
+        if args.method in ("onnx", "web"):
+            write_onnx_bot(model, vocab, max_length, context, output, int8, check_folder, web)
+            bot = load_runtime(output).Bot(output, int8=int8)
+            written = f"{output}/ (python {output}/chat.py" + (
+                f"; the page: cd {output} && python -m http.server)" if web else ")"
+            )
+        elif args.method == "export":
             bot = export_parts(model, vocab, max_length, output, context)
             check(bot)
             written = f"{output.with_suffix('.encoder.pt2')} and {output.with_suffix('.step.pt2')}"
@@ -126,9 +161,9 @@ def main() -> None:
             with atomic_path(output) as tmp:
                 build_bot(model, vocab, max_length, args.method, int8, context).save(str(tmp))
                 bot = torch.jit.load(str(tmp))  # check the file, not the object in memory
-                check(bot)
+                check(bot, exact=not int8)
             written = str(output) + (" (GRU and linear layers quantised to int8)" if int8 else "")
-    except FolderError as error:
+    except (FolderError, ParityError) as error:
         fail(str(error))
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror or error}")
@@ -137,12 +172,7 @@ def main() -> None:
     print(f"wrote {written}")
     if args.benchmark:
         eager_ms, exported_ms = median_ms(eager, prompts), median_ms(bot.reply, prompts)
-        label = {
-            "trace": "TorchScript (traced)",
-            "script": "TorchScript (scripted)",
-            "export": "torch.export",
-        }
-        name = label[args.method] + (" int8" if int8 else "")
+        name = LABELS[args.method] + (" int8" if int8 else "")
         print(f"\n| device | eager ms | {name} ms | speed-up |\n| --- | --- | --- | --- |")
         print(f"| cpu | {eager_ms:.2f} | {exported_ms:.2f} | {eager_ms / exported_ms:.2f}x |")
         print(

@@ -1,6 +1,5 @@
 """A checkpoint ready to talk to people: the models and decoding settings that chat.py and serve.py
-load from the same flags (cli.add_decoding_arguments), what they say about them at start-up, and
-how a message someone typed becomes the query the model reads."""
+load from the same flags (cli.add_decoding_arguments), and what they say about them at start-up."""
 
 from __future__ import annotations
 
@@ -10,33 +9,7 @@ from .checkpoint import context as checkpoint_context
 from .checkpoint import load_backward, load_for_inference, trained_max_length
 from .cli import BACKWARD_MODEL, backward_model, decode_settings, reranks
 from .devices import resolve_device, resolve_precision
-from .vocab import NO_CONTEXT, Vocabulary, normalize, words_within
-
-# Longer messages are cut to this many characters before they are read (a message the model
-# would read in full holds far fewer: its first words_within(max_length) words).
-MAX_INPUT_CHARS = 1000
-
-
-def read_message(text: str, vocab: Vocabulary, max_length: int) -> tuple[str, list[str]]:
-    """The normalised query the model reads of `text` (empty if nothing is left to answer) and
-    notes for whoever wrote it: what was cut, which words the model does not know."""
-    notes = []
-    if len(text) > MAX_INPUT_CHARS:
-        notes.append(f"your message was cut to its first {MAX_INPUT_CHARS} characters")
-        text = text[:MAX_INPUT_CHARS]
-    words = normalize(text).split()
-    if not words:
-        return "", [*notes, "nothing to answer: I only read English words and . ! ?"]
-    keep = words_within(max_length)
-    if len(words) > keep:
-        notes.append(f"I only read the first {keep} words")
-        words = words[:keep]
-    query = " ".join(words)
-    unknown = vocab.unknown_words(query)
-    if unknown:
-        shown = ", ".join(dict.fromkeys(unknown))
-        notes.append(f"words I don't know: {shown[:200]}")
-    return query, notes
+from .vocab import NO_CONTEXT, read_message
 
 
 class Chatbot:

@@ -12,9 +12,11 @@ flow. A batch of one needs no padding, so no packed sequences are involved. Repl
 seq2seq.decoding's greedy search exactly: PAD, SOS and UNK are never produced, EOS not first.
 
 TorchScript is deprecated in PyTorch 2.x in favour of torch.export; `export_parts` writes the two
-parts as torch.export programs (.pt2) instead, for runtimes that take those.
+parts as torch.export programs (.pt2) instead, for runtimes that take those. onnx_export.py
+writes them as ONNX graphs, for a bot without PyTorch.
 """
 
+import importlib
 import unicodedata
 from pathlib import Path
 from typing import Dict, List  # noqa: UP035 (TorchScript, see Bot.__init__)
@@ -325,8 +327,16 @@ def export_parts(
     NAME.encoder.pt2 and NAME.step.pt2; returns a (Python) Bot running the reloaded programs.
 
     The source length is a dynamic dimension (2 tokens to the longest query and context, EOS
-    included), so no padding, mask or packed sequence is needed for a batch of one.
+    included), so no padding, mask or packed sequence is needed for a batch of one. Plain
+    torch.export specialises nn.GRU's length to the example's; torch 2.13's
+    `register_gru_while_loop_decomposition` (a private API, hence the check) writes the
+    recurrence as a while_loop instead, which keeps it dynamic.
     """
+    patches = importlib.import_module("torch.export._patches")
+    gru_loop = getattr(patches, "register_gru_while_loop_decomposition", None)
+    if gru_loop is None:
+        raise ExportError(f"torch.export keeps a GRU's length dynamic from torch 2.13 on "
+                          f"(torch.export._patches.register_gru_while_loop_decomposition); this is {torch.__version__}")  # fmt: skip
     encoder, step = _parts(model, int8=False)
     ids, (token,) = _examples(len(vocab))
     longest = max_length + (context.tokens if context.turns else 0)
@@ -340,14 +350,10 @@ def export_parts(
     programs, failures = {}, []
     for name, (module, inputs, shapes) in attempts.items():
         try:
-            with torch.no_grad():
+            with torch.no_grad(), gru_loop():
                 programs[name] = torch.export.export(module, inputs, dynamic_shapes=shapes)
         except Exception as error:  # report every part that cannot be exported, and why
-            reason = first_line(error, limit=1000)
-            if "Constraints violated (length)" in reason:
-                reason = ("torch.export specialises nn.GRU's sequence length to the example's (4), "
-                          "so queries of other lengths could not run")  # fmt: skip
-            failures.append(f"{name}: {reason}")
+            failures.append(f"{name}: {first_line(error, limit=1000)}")
     if failures:
         exported = [name for name in attempts if name in programs]
         raise ExportError(
@@ -356,7 +362,7 @@ def export_parts(
     loaded = {}
     for name, program in programs.items():
         path = output.with_suffix(f".{name}.pt2")
-        with atomic_path(path) as tmp:
-            torch.export.save(program, str(tmp))
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file: torch warns of names not .pt2
+            torch.export.save(program, file)
         loaded[name] = torch.export.load(str(path)).module()
     return Bot(loaded["encoder"], loaded["step"], vocab, max_length, context)

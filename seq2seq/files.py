@@ -31,6 +31,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; if the block succeeds it replaces `path`
+    (a folder, or nothing), so a failed export leaves the old folder whole, or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    old = path.with_name(f".{path.name}.old.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.is_dir():
+            os.replace(path, old)
+        elif path.exists():
+            raise FolderError(f"{path} exists and is not a folder")
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _temporary_of_a_dead_process(path: Path) -> bool:
     """Whether `path` is one of atomic_path's temporaries (".NAME.PID.tmp") whose process is gone."""
     parts = path.name.split(".")
@@ -47,10 +69,14 @@ def _temporary_of_a_dead_process(path: Path) -> bool:
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:
-    """Remove what atomic_path left in `folder` when its process was killed mid-write."""
+    """Remove what atomic_path and atomic_folder left in `folder` when their process was killed
+    mid-write."""
     for path in Path(folder).glob(".*.tmp"):
         if _temporary_of_a_dead_process(path):
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def ensure_space(folder: str | Path, needed: int) -> None:

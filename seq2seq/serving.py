@@ -31,10 +31,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 from torch import Tensor
 
-from .chatbot import Chatbot, read_message
+from .chatbot import Chatbot
 from .cli import first_line
 from .decoding import DecodeSettings, DecodingError, decode, encode_queries, sampling_noise, seeded
-from .vocab import EOS, PAD, detokenize, join_turns, words_within
+from .vocab import EOS, PAD, detokenize, join_turns, read_message, words_within
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # The page and what it loads, served from memory with their types.

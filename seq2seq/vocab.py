@@ -102,16 +102,34 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _EDGE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
 
 
+def _to_ascii(text: str) -> str:
+    """Rule 1 and the start of rule 3: folded and stripped of accents, anything else non-ASCII a space."""
+    text = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES).casefold())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return _NON_ASCII.sub(" ", text)
+
+
 def normalize(text: str) -> str:
     """Return `text` normalised to space-separated tokens (see the rules above)."""
     if not text.isascii():
-        text = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES).casefold())
-        text = "".join(c for c in text if not unicodedata.combining(c))
-        text = _NON_ASCII.sub(" ", text)
+        text = _to_ascii(text)
     text = text.lower().translate(_ASCII_TABLE)
     if "'" in text:
         text = _EDGE_APOSTROPHE.sub(" ", text)
     return " ".join(text.split())
+
+
+def character_table() -> dict[str, str]:
+    """What rule 1 makes of each non-ASCII character that leaves more than a space: for ports of
+    `normalize` to languages without Unicode's tables (the web bot's JavaScript). The rule works
+    character by character, so the table is the rule; rules 2 to 5 are ASCII."""
+    table = {}
+    for code in range(0x80, 0x110000):
+        if not 0xD800 <= code < 0xE000:  # surrogates are not characters
+            ascii_text = _to_ascii(chr(code))
+            if not ascii_text.isspace():
+                table[chr(code)] = ascii_text
+    return table
 
 
 def detokenize(tokens: Iterable[str]) -> str:
@@ -127,6 +145,33 @@ def detokenize(tokens: Iterable[str]) -> str:
 def show_source(source: str) -> str:
     """A source for display: its turns detokenised, oldest first, separated by " | "."""
     return " | ".join(detokenize(turn.split()) for turn in split_turns(source))
+
+
+# Longer messages are cut to this many characters before they are read (a message the model
+# would read in full holds far fewer: its first words_within(max_length) words).
+MAX_INPUT_CHARS = 1000
+
+
+def read_message(text: str, vocab: Vocabulary, max_length: int) -> tuple[str, list[str]]:
+    """The normalised query the model reads of `text` (empty if nothing is left to answer) and
+    notes for whoever wrote it: what was cut, which words the model does not know."""
+    notes = []
+    if len(text) > MAX_INPUT_CHARS:
+        notes.append(f"your message was cut to its first {MAX_INPUT_CHARS} characters")
+        text = text[:MAX_INPUT_CHARS]
+    words = normalize(text).split()
+    if not words:
+        return "", [*notes, "nothing to answer: I only read English words and . ! ?"]
+    keep = words_within(max_length)
+    if len(words) > keep:
+        notes.append(f"I only read the first {keep} words")
+        words = words[:keep]
+    query = " ".join(words)
+    unknown = vocab.unknown_words(query)
+    if unknown:
+        shown = ", ".join(dict.fromkeys(unknown))
+        notes.append(f"words I don't know: {shown[:200]}")
+    return query, notes
 
 
 def count_words(sentences: Iterable[str]) -> Counter[str]:

@@ -1,0 +1,233 @@
+// The exported bot in a browser tab, with no server: ONNX Runtime Web (WebAssembly) runs
+// encoder.onnx and step.onnx; reading text, the conversation's context and greedy search are
+// here, ports of seq2seq/vocab.py (normalize, read_message, Context) and of decoding.py's greedy
+// search. Chromium tests hold them to the Python bot's replies, hostile input included.
+"use strict";
+
+const PAD = 0, SOS = 1, EOS = 2, UNK = 3;
+
+class Bot {
+  static async load() {
+    const config = await (await fetch("bot.json")).json();
+    ort.env.wasm.wasmPaths = new URL(".", location.href).href; // the WebAssembly files beside this page
+    ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a plain static host lacks
+    const options = { executionProviders: ["wasm"] };
+    const suffix = config.web_graphs; // ".onnx", or ".int8.onnx"
+    const [encoder, step] = await Promise.all([
+      ort.InferenceSession.create(`encoder${suffix}`, options), ort.InferenceSession.create(`step${suffix}`, options),
+    ]);
+    return new Bot(config, encoder, step);
+  }
+
+  constructor(config, encoder, step) {
+    this.words = ["<pad>", "<sos>", "<eos>", "<unk>", ...config.words];
+    this.index = new Map(this.words.map((word, i) => [word, i]));
+    this.maxLength = config.max_length;
+    this.maxInputChars = config.max_input_chars;
+    this.contextTurns = config.context_turns;
+    this.contextTokens = config.context_tokens;
+    this.characters = config.characters; // what vocab.normalize makes of each non-ASCII character
+    this.encoder = encoder;
+    this.step = step;
+    this.history = [];
+  }
+
+  // vocab.normalize
+  normalize(text) {
+    let mapped = "";
+    for (const ch of text) mapped += ch.codePointAt(0) < 128 ? ch : (this.characters[ch] ?? " ");
+    let out = "";
+    for (const ch of mapped.toLowerCase()) {
+      if ((ch >= "a" && ch <= "z") || ch === "'") out += ch;
+      else if (ch === "." || ch === "!" || ch === "?") out += ` ${ch} `;
+      else out += " ";
+    }
+    if (out.includes("'")) out = out.replace(/(?<![a-z])'|'(?![a-z])/g, " ");
+    return out.split(" ").filter(Boolean).join(" ");
+  }
+
+  // vocab.read_message: the query the model reads, and notes for whoever wrote it
+  read(text) {
+    const notes = [];
+    let chars = Array.from(text);
+    if (chars.length > this.maxInputChars) {
+      notes.push(`your message was cut to its first ${this.maxInputChars} characters`);
+      chars = chars.slice(0, this.maxInputChars);
+    }
+    let words = this.normalize(chars.join("")).split(" ").filter(Boolean);
+    if (words.length === 0) return { query: "", notes: [...notes, "nothing to answer: I only read English words and . ! ?"] };
+    const keep = this.maxLength - 1; // vocab.words_within
+    if (words.length > keep) {
+      notes.push(`I only read the first ${keep} words`);
+      words = words.slice(0, keep);
+    }
+    const unknown = [...new Set(words.filter((w) => !this.index.has(w)))];
+    if (unknown.length) notes.push(`words I don't know: ${unknown.join(", ").slice(0, 200)}`);
+    return { query: words.join(" "), notes };
+  }
+
+  // vocab.Context.cut: the last turns that fit the budget, the oldest cut from the left
+  cut(turns) {
+    const recent = this.contextTurns ? turns.slice(Math.max(0, turns.length - this.contextTurns)) : [];
+    const kept = [];
+    let room = this.contextTokens;
+    for (const turn of recent.reverse()) {
+      let words = turn.split(" ").filter(Boolean);
+      if (room < 2 || words.length === 0) break;
+      words = words.slice(-(room - 1));
+      kept.push(words.join(" "));
+      room -= words.length + 1;
+    }
+    return kept.reverse();
+  }
+
+  encode(sentence) {
+    return sentence.split(" ").filter(Boolean).map((w) => this.index.get(w) ?? UNK);
+  }
+
+  // decoding's greedy search: PAD, SOS and UNK never, EOS not first
+  async generate(ids) {
+    const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), dims);
+    const memory = await this.encoder.run({ ids: int64(ids, [1, ids.length]), lengths: int64([ids.length], [1]) });
+    let state = memory.state;
+    let token = SOS;
+    const reply = [];
+    for (let step = 0; step < this.maxLength; step++) {
+      const out = await this.step.run({
+        token: int64([token], [1]), state, keys: memory.keys, values: memory.values,
+        attention_bias: memory.attention_bias,
+      });
+      state = out.new_state;
+      const logits = out.logits.data;
+      let best = -1, top = -Infinity;
+      for (let i = 0; i < logits.length; i++) {
+        if (i === PAD || i === SOS || i === UNK || (step === 0 && i === EOS)) continue;
+        if (logits[i] > top) { top = logits[i]; best = i; }
+      }
+      reply.push(best);
+      if (best === EOS) break;
+      token = best;
+    }
+    return reply;
+  }
+
+  async respond(text) {
+    const { query, notes } = this.read(text);
+    if (!query) return { reply: "", notes };
+    const ids = [];
+    for (const turn of this.cut(this.history)) ids.push(...this.encode(turn), EOS);
+    ids.push(...this.encode(query), EOS);
+    const words = [];
+    for (const id of await this.generate(ids)) {
+      if (id === EOS) break;
+      words.push(this.words[id]);
+    }
+    if (this.contextTurns) this.history = [...this.history, query, words.join(" ")].slice(-this.contextTurns);
+    let reply = ""; // vocab.detokenize
+    for (const word of words) reply += (reply && !".!?".includes(word) ? " " : "") + word;
+    return { reply, notes };
+  }
+
+  reset() {
+    this.history = [];
+  }
+}
+
+// The page: a conversation kept in this tab.
+const $ = (id) => document.getElementById(id);
+const log = $("log"), empty = $("empty"), form = $("form"), input = $("input"), sendButton = $("send");
+const timings = { loaded: null, replies: [] }; // ms: from navigation to a ready bot, and each reply
+window.botTimings = timings;
+let bot = null;
+
+function pretty(text) {
+  return text.replace(/\bi\b/g, "I").replace(/(^|[.!?]\s+)([a-z])/g, (_, before, letter) => before + letter.toUpperCase());
+}
+
+function addTurn(role, text, notes = []) {
+  empty.hidden = true;
+  const turn = document.createElement("div");
+  turn.className = `turn ${role}`;
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.textContent = (role === "assistant" ? pretty(text) : text) || "…";
+  turn.append(bubble);
+  for (const note of notes) {
+    const line = document.createElement("div");
+    line.className = "note";
+    line.textContent = note;
+    turn.append(line);
+  }
+  log.append(turn);
+  log.scrollTop = log.scrollHeight;
+  return turn;
+}
+
+function showError(message) {
+  const box = document.createElement("div");
+  box.className = "error";
+  box.setAttribute("role", "alert");
+  box.textContent = message;
+  log.append(box);
+}
+
+async function send(text) {
+  if (!bot || !text.trim()) return;
+  for (const box of log.querySelectorAll(".error")) box.remove();
+  const turn = addTurn("user", text);
+  sendButton.disabled = true;
+  try {
+    const start = performance.now();
+    const { reply, notes } = await bot.respond(text);
+    for (const note of notes) {
+      const line = document.createElement("div");
+      line.className = "note";
+      line.textContent = note;
+      turn.append(line);
+    }
+    if (reply) {
+      timings.replies.push(performance.now() - start);
+      addTurn("assistant", reply);
+    } else {
+      turn.classList.add("failed");
+    }
+  } catch (error) {
+    showError(`The bot failed: ${error.message || error}`);
+  } finally {
+    sendButton.disabled = false;
+    input.focus();
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = input.value;
+  input.value = "";
+  send(text);
+});
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+$("new").addEventListener("click", () => {
+  if (bot) bot.reset();
+  for (const node of [...log.children]) if (node !== empty) node.remove();
+  empty.hidden = false;
+});
+for (const button of $("suggestions").querySelectorAll("button")) button.addEventListener("click", () => send(button.textContent));
+
+Bot.load().then((loaded) => {
+  bot = loaded;
+  window.bot = loaded;
+  timings.loaded = performance.now();
+  $("status").className = "status ok";
+  $("subtitle").textContent = "running in this tab: nothing you type leaves it";
+  sendButton.disabled = false;
+  input.focus();
+}).catch((error) => {
+  $("status").className = "status down";
+  $("subtitle").textContent = "the model could not be loaded";
+  showError(`The model could not be loaded: ${error.message || error}. Serve this folder over HTTP (python -m http.server), not as a file.`);
+});
