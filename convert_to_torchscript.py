@@ -36,8 +36,15 @@ from seq2seq.cli import ArgumentParser, fail, first_line, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
 from seq2seq.export import build_bot, export_parts
-from seq2seq.files import FolderError, atomic_path, ensure_space, remove_stale_temporaries
-from seq2seq.onnx_export import ORT_WEB, WebBotError, load_runtime, onnxruntime_web, write_onnx_bot
+from seq2seq.files import FolderError, atomic_path, check_replaceable, ensure_space, remove_stale_temporaries
+from seq2seq.onnx_export import (
+    ORT_WEB,
+    WebBotError,
+    is_bot_folder,
+    load_runtime,
+    onnxruntime_web,
+    write_onnx_bot,
+)
 from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences
 
 METHODS = ("onnx", "web", "trace", "script", "export")
@@ -109,6 +116,11 @@ def main() -> None:
         fail(str(error))
     max_length, context = trained_max_length(checkpoint), checkpoint_context(checkpoint)
     output = Path(args.output_path or DEFAULT_OUTPUT[args.method])
+    if args.method in ("onnx", "web"):
+        try:
+            check_replaceable(output, is_bot_folder)  # before the work, not after
+        except FolderError as error:
+            fail(str(error))
     settings = DecodeSettings(max_length=max_length)
     said = Conversation(context)
 
@@ -149,7 +161,7 @@ def main() -> None:
         ensure_space(output.parent, copies * weights + 2**20 + (2**25 if web else 0))
         if args.method in ("onnx", "web"):
             write_onnx_bot(model, vocab, max_length, context, output, int8, check_folder, web)
-            bot = load_runtime(output).Bot(output, int8=int8)
+            bot = load_runtime(output).Bot(output, int8=int8) if args.benchmark else None
             written = f"{output}/ (python {output}/chat.py" + (
                 f"; the page: cd {output} && python -m http.server)" if web else ")"
             )

@@ -15,6 +15,7 @@ from a local static server: the first reply after the page is ready, and later r
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,7 +72,6 @@ def first_reply_seconds(command: list[str], prompt: str, cwd: Path) -> float:
 def browser_times(folder: Path, prompts: list[str]) -> tuple[float, float, float]:
     """The web bot in headless Chromium: ms from navigation to a loaded bot, the first reply, and
     the median of later replies."""
-    import shutil
     import socket
 
     from playwright.sync_api import sync_playwright
@@ -127,20 +127,34 @@ def main() -> None:
     settings = DecodeSettings(max_length=max_length)
     work = Path(tempfile.mkdtemp(prefix="export-latency-"))
 
-    def eager_bot(m):
-        said = Conversation(context)
-        return lambda text: (
-            detokenize(said.reply(m, vocab, normalize(text), settings)) if normalize(text) else ""
-        )
+    def alone(bot):
+        """Each prompt a conversation of its own (they are unrelated test queries)."""
 
-    rows = {"eager PyTorch fp32": (eager_bot(model), ROOT / args.model_path)}
-    rows["eager PyTorch bf16"] = (eager_bot(half), ROOT / args.model_path)
+        def reply(text: str) -> str:
+            bot.reset()
+            return bot.reply(text)
+
+        return reply
+
+    class Eager:
+        def __init__(self, m):
+            self.model, self.said = m, Conversation(context)
+
+        def reply(self, text: str) -> str:
+            query = normalize(text)
+            return detokenize(self.said.reply(self.model, vocab, query, settings)) if query else ""
+
+        def reset(self) -> None:
+            self.said.reset()
+
+    rows = {"eager PyTorch fp32": (alone(Eager(model)), ROOT / args.model_path)}
+    rows["eager PyTorch bf16"] = (alone(Eager(half)), ROOT / args.model_path)
     for int8 in (False, True):
         path = work / f"traced{'-int8' if int8 else ''}.pt"
         build_bot(model, vocab, max_length, "trace", int8, context).save(str(path))
-        rows[f"TorchScript {'int8' if int8 else 'fp32'}"] = (torch.jit.load(str(path)).reply, path)
+        rows[f"TorchScript {'int8' if int8 else 'fp32'}"] = (alone(torch.jit.load(str(path))), path)
     exported = export_parts(model, vocab, max_length, work / "exported.pt2", context)
-    rows["torch.export fp32"] = (exported.reply, [work / "exported.encoder.pt2", work / "exported.step.pt2"])
+    rows["torch.export fp32"] = (alone(exported), [work / "exported.encoder.pt2", work / "exported.step.pt2"])
     if args.aoti:  # AOTInductor: the same programs compiled ahead of time into a shared library
         compiled = []
         for part in ("encoder", "step"):
@@ -150,14 +164,14 @@ def main() -> None:
             )
             compiled.append(torch._inductor.aoti_load_package(package))
         bot = Bot(*compiled, vocab, max_length, context)
-        rows["AOTInductor fp32"] = (bot.reply, [work / "aoti.encoder.pt2", work / "aoti.step.pt2"])
+        rows["AOTInductor fp32"] = (alone(bot), [work / "aoti.encoder.pt2", work / "aoti.step.pt2"])
     folder = work / "onnx"
     write_onnx_bot(model, vocab, max_length, context, folder, int8=True)
     runtime = load_runtime(folder)
     for int8 in (False, True):
         bot = runtime.Bot(folder, int8=int8, threads=args.threads)
         files = [folder / f"{part}{'.int8' if int8 else ''}.onnx" for part in ("encoder", "step")]
-        rows[f"ONNX Runtime {'int8' if int8 else 'fp32'}"] = (bot.reply, files)
+        rows[f"ONNX Runtime {'int8' if int8 else 'fp32'}"] = (alone(bot), files)
 
     reference = [rows["eager PyTorch fp32"][0](prompt) for prompt in prompts]
     print(
@@ -213,6 +227,7 @@ def main() -> None:
             ]
             print(f"| {'int8' if int8 else 'fp32'} graphs | {loaded:.0f} | {first:.1f} | {later:.1f} | "
                   f"{size_mib(*served):.1f} |")  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

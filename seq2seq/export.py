@@ -332,8 +332,10 @@ def export_parts(
     `register_gru_while_loop_decomposition` (a private API, hence the check) writes the
     recurrence as a while_loop instead, which keeps it dynamic.
     """
-    patches = importlib.import_module("torch.export._patches")
-    gru_loop = getattr(patches, "register_gru_while_loop_decomposition", None)
+    try:
+        gru_loop = importlib.import_module("torch.export._patches").register_gru_while_loop_decomposition
+    except (ImportError, AttributeError):
+        gru_loop = None
     if gru_loop is None:
         raise ExportError(f"torch.export keeps a GRU's length dynamic from torch 2.13 on "
                           f"(torch.export._patches.register_gru_while_loop_decomposition); this is {torch.__version__}")  # fmt: skip

@@ -7,7 +7,7 @@ import fcntl
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,11 +31,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-@contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; if the block succeeds it replaces `path`
-    (a folder, or nothing), so a failed export leaves the old folder whole, or none."""
+def check_replaceable(path: str | Path, ours: Callable[[Path], bool]) -> None:
+    """Raise FolderError unless `path` is free, or a folder that `ours` recognises as one this
+    writer wrote (a folder of anything else is never replaced, nor a link followed)."""
     path = Path(path)
+    if path.is_symlink():
+        raise FolderError(f"{path} is a symbolic link; give the folder it points to, or another path")
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not ours(path):
+        raise FolderError(f"{path}/ holds other files; give a new folder, or one this export wrote")
+
+
+@contextmanager
+def atomic_folder(path: str | Path, ours: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; if the block succeeds, its files are made
+    durable and it replaces `path` (nothing, an empty folder, or one `ours` recognises), so a
+    failed export leaves the old folder whole, or none."""
+    path = Path(path)
+    check_replaceable(path, ours)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     old = path.with_name(f".{path.name}.old.{os.getpid()}.tmp")
@@ -43,18 +57,26 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        check_replaceable(path, ours)  # still ours: nothing else appeared there meanwhile
+        for file in tmp.iterdir():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
         if path.is_dir():
             os.replace(path, old)
-        elif path.exists():
-            raise FolderError(f"{path} exists and is not a folder")
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old.is_dir() and not path.exists():
+                os.replace(old, path)  # put the old folder back
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _temporary_of_a_dead_process(path: Path) -> bool:
-    """Whether `path` is one of atomic_path's temporaries (".NAME.PID.tmp") whose process is gone."""
+    """Whether `path` is one of atomic_path's or atomic_folder's temporaries (".NAME.PID.tmp")
+    whose process is gone."""
     parts = path.name.split(".")
     pid = parts[-2] if len(parts) >= 4 else ""
     if parts[0] or parts[-1] != "tmp" or not (pid.isascii() and pid.isdigit()) or not 0 < int(pid) < 2**22:

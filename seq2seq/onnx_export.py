@@ -31,9 +31,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .decoding import NEVER_GENERATED, DecodeSettings
 from .files import atomic_folder
 from .model import Seq2Seq
-from .vocab import EOS, MAX_INPUT_CHARS, PAD, SOS, SPECIAL_TOKENS, UNK, Context, Vocabulary, character_table
+from .vocab import (
+    EOS,
+    MAX_INPUT_CHARS,
+    PAD,
+    SOS,
+    SPECIAL_TOKENS,
+    UNK,
+    Context,
+    Vocabulary,
+    character_table,
+    words_within,
+)
 
 OPSET = 17
 # PyTorch stacks a GRU's gate weights as (r, z, n); ONNX's GRU op as (z, r, h).
@@ -223,10 +235,12 @@ def quantize(source: Path, target: Path) -> None:
 
 
 def bot_config(vocab: Vocabulary, max_length: int, context: Context) -> dict:
-    """bot.json: what the runtime needs besides the graphs."""
-    return {"format": FORMAT, "words": vocab.to_dict()["words"], "max_length": max_length,
-            "context_turns": context.turns, "context_tokens": context.tokens,
-            "special": dict(zip(SPECIAL_TOKENS, (PAD, SOS, EOS, UNK)))}  # fmt: skip
+    """bot.json: what the runtimes need besides the graphs, each fact from its home here."""
+    greedy = DecodeSettings()
+    return {"format": FORMAT, "vocab": vocab.to_dict(), "special": dict(zip(SPECIAL_TOKENS, (PAD, SOS, EOS, UNK))),
+            "max_length": max_length, "query_words": words_within(max_length), "min_length": greedy.min_length,
+            "length_penalty": greedy.length_penalty, "never_generated": list(NEVER_GENERATED),
+            "context_turns": context.turns, "context_tokens": context.tokens}  # fmt: skip
 
 
 def onnxruntime_web(dist: str | Path = ORT_WEB) -> Path:
@@ -247,7 +261,7 @@ def write_onnx_bot(model: Seq2Seq, vocab: Vocabulary, max_length: int, context: 
     the web bot's page, which loads the int8 graphs if there are some. Written beside `folder` and
     renamed into place once `check` (of the written folder) passes, so a failed or refused export
     leaves the old folder, or none, and never half of one."""
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, is_bot_folder) as tmp:
         onnx.save(encoder_graph(model), tmp / "encoder.onnx")
         onnx.save(step_graph(model), tmp / "step.onnx")
         if int8:
@@ -265,6 +279,14 @@ def write_onnx_bot(model: Seq2Seq, vocab: Vocabulary, max_length: int, context: 
         shutil.copyfile(PACKAGE / "vocab.py", tmp / "vocab.py")
         if check is not None:
             check(tmp)
+
+
+def is_bot_folder(folder: Path) -> bool:
+    """Whether `folder` holds a bot this module wrote (so an export may replace it)."""
+    try:
+        return json.loads((folder / "bot.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_runtime(folder: Path):

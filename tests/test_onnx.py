@@ -3,6 +3,7 @@ torch, and the web bot in Chromium against the Python one."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -103,10 +104,24 @@ def test_the_onnx_folder_talks_like_chat_py_where_torch_cannot_be_imported(train
     assert notes(talked.stderr) == notes(eager.stderr) and "words I don't know" in talked.stderr
     int8 = folder_chat(moved, lines[:6], env, "--int8", "--beam-size", "3")
     assert int8.returncode == 0 and len(int8.stdout.splitlines()) == 6, int8.stderr
-    (moved / "step.onnx").write_bytes(b"damaged")
-    broken = folder_chat(moved, ["hello"], env)
-    assert broken.returncode == 1 and broken.stderr.startswith("error: cannot load the bot")
-    assert broken.stderr.strip().count("\n") == 0
+    config = json.loads((moved / "bot.json").read_text())
+    damages = {
+        "step.onnx": b"damaged",
+        "bot.json": [b"{", json.dumps({**config, "format": "other/1"}).encode(),
+                     json.dumps({**config, "max_length": "10"}).encode(),
+                     json.dumps({**config, "vocab": {"words": ["\x1b]0;pwned\x07"], "counts": [1]}}).encode(),
+                     json.dumps({**config, "vocab": {"words": ["a", "b"], "counts": [1, 1]}}).encode()],
+    }  # fmt: skip
+    for name, contents in damages.items():
+        for content in contents if isinstance(contents, list) else [contents]:
+            original = (moved / name).read_bytes()
+            (moved / name).write_bytes(content)
+            broken = folder_chat(moved, ["hello"], env)
+            (moved / name).write_bytes(original)
+            assert broken.returncode == 1 and broken.stderr.startswith("error: cannot load the bot"), (
+                broken.stderr
+            )
+            assert broken.stderr.strip().count("\n") == 0 and "\x1b" not in broken.stderr
 
 
 def test_a_context_model_exported_to_onnx_keeps_the_conversation(context_checkpoint, tmp_path):
@@ -124,6 +139,45 @@ def test_torch_export_keeps_the_length_dynamic(trained_checkpoint, tmp_path):
         assert keys.shape[1] == values.shape[1] == length
 
 
+def test_an_export_replaces_only_a_bot_it_wrote(trained_checkpoint, tmp_path):
+    export("--model-path", str(trained_checkpoint), "--method", "onnx", "--output-path", "bot", cwd=tmp_path)
+    (tmp_path / "bot" / "stale.txt").write_text("from the last export")
+    export("--model-path", str(trained_checkpoint), "--method", "onnx", "--output-path", "bot", cwd=tmp_path)
+    assert not (tmp_path / "bot" / "stale.txt").exists() and (tmp_path / "bot" / "bot.json").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    (tmp_path / "link").symlink_to(tmp_path / "bot")
+    for target, words in (
+        ("mine", "holds other files"),
+        ("link", "is a symbolic link"),
+        (".", "holds other files"),
+    ):
+        result = run_script("convert_to_torchscript.py", "--model-path", str(trained_checkpoint), "--method",
+                            "onnx", "--output-path", target, "--prompts", "3", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 1 and words in result.stderr and result.stderr.count("\n") == 1, (
+            result.stderr
+        )
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious" and (tmp_path / "link").is_symlink()
+
+
+def test_torch_export_without_the_gru_decomposition_says_what_it_needs(monkeypatch):
+    import importlib
+
+    from seq2seq.export import ExportError, export_parts
+
+    model, vocab = tiny_model("dot", 1, 1)
+    real = importlib.import_module
+
+    def without_patches(name, *args):
+        if name == "torch.export._patches":
+            raise ModuleNotFoundError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_patches)
+    with pytest.raises(ExportError, match="from torch 2.13 on"):
+        export_parts(model, vocab, 10, Path("unused.pt2"))
+
+
 def test_export_problems_are_one_line(trained_checkpoint, tmp_path):
     result = run_script("convert_to_torchscript.py", "--model-path", str(trained_checkpoint), "--method", "web",
                         "--onnxruntime-web", str(tmp_path / "nowhere"), cwd=tmp_path)  # fmt: skip
@@ -131,7 +185,7 @@ def test_export_problems_are_one_line(trained_checkpoint, tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     result = run_script("convert_to_torchscript.py", "--model-path", str(trained_checkpoint), "--method", "onnx",
                         "--output-path", str(tmp_path / "taken"), "--prompts", "3", cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 1 and "is not a folder" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "is not a folder" in result.stderr and result.stderr.count("\n") == 1
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left
 
@@ -191,12 +245,16 @@ def test_the_web_bot_answers_in_chromium_as_the_python_bot_does(context_checkpoi
             }""", said)  # fmt: skip
             assert got == expected
             page.evaluate("bot.reset()")
-            page.fill("#input", "I am happy.")
-            page.keyboard.press("Enter")
+            for n, text in enumerate(["I am happy.", "Why?"]):
+                page.fill("#input", text)
+                page.keyboard.press("Enter")
+                page.locator(".turn.assistant .bubble").nth(n).wait_for(timeout=30_000)
+            assert page.locator(".turn.assistant .bubble").all_inner_texts() == ["Ok.", "I won the game."]
+            page.click("#new")  # a new conversation: no history read
             page.fill("#input", "Why?")
             page.keyboard.press("Enter")
-            page.locator(".turn.assistant .bubble").nth(1).wait_for(timeout=30_000)
-            assert page.locator(".turn.assistant .bubble").all_inner_texts() == ["Ok.", "I won the game."]
+            page.locator(".turn.assistant .bubble").first.wait_for(timeout=30_000)
+            assert page.locator(".turn.assistant .bubble").all_inner_texts() == ["Because."]
             browser.close()
     finally:
         server.terminate()

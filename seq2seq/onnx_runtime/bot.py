@@ -19,22 +19,55 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-from vocab import EOS, PAD, SOS, UNK, Context, Vocabulary, detokenize, join_turns, read_message, words_within
+from vocab import (
+    EOS,
+    PAD,
+    SOS,
+    SPECIAL_TOKENS,
+    UNK,
+    Context,
+    Vocabulary,
+    detokenize,
+    join_turns,
+    read_message,
+)
 
-NEVER_GENERATED = (PAD, SOS, UNK)
-LENGTH_PENALTY = 0.6  # seq2seq.decoding.DecodeSettings.length_penalty
+FORMAT = "chatbot-seq2seq-onnx/1"
+
+
+def _setting(config: dict, name: str, low: float, kind: type = int):
+    value = config.get(name)
+    if type(value) is not kind or not low <= value < 10**6:
+        raise ValueError(
+            f"bot.json: {name} must be {'an integer' if kind is int else 'a number'} >= {low}, got {value!r}"
+        )
+    return value
 
 
 class Bot:
     """Greedy (or beam search) replies from the exported graphs; keeps the conversation a model
-    trained with context reads, as chat.py does (`reset` forgets it)."""
+    trained with context reads, as chat.py does (`reset` forgets it). A folder that is not an
+    export of this format, or whose parts disagree, raises ValueError or an ONNX Runtime error."""
 
     def __init__(self, folder: str | Path, int8: bool = False, beam_size: int = 1, threads: int = 0):
         folder = Path(folder)
         config = json.loads((folder / "bot.json").read_text(encoding="utf-8"))
-        self.vocab = Vocabulary(config["words"])
-        self.max_length = config["max_length"]
-        self.context = Context(config["context_turns"], config["context_tokens"])
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ValueError(f"{folder}/bot.json is not a bot of format {FORMAT}")
+        if config.get("special") != dict(zip(SPECIAL_TOKENS, (PAD, SOS, EOS, UNK))):
+            raise ValueError("bot.json: its special tokens are not vocab.py's")
+        try:
+            self.vocab = Vocabulary.from_dict(config["vocab"])  # words that reach the terminal are checked
+        except (KeyError, TypeError):
+            raise ValueError("bot.json: its vocabulary is missing or misshapen") from None
+        self.max_length = _setting(config, "max_length", 2)
+        self.query_words = _setting(config, "query_words", 1)
+        self.min_length = _setting(config, "min_length", 0)
+        self.length_penalty = _setting(config, "length_penalty", 0.0, float)
+        self.never = config.get("never_generated")
+        if not isinstance(self.never, list) or not all(type(i) is int and i >= 0 for i in self.never):
+            raise ValueError("bot.json: never_generated must list token ids")
+        self.context = Context(_setting(config, "context_turns", 0), _setting(config, "context_tokens", 1))
         self.beam_size = beam_size
         self.history: list[str] = []
         options = onnxruntime.SessionOptions()
@@ -48,10 +81,14 @@ class Bot:
             )
             for part in ("encoder", "step")
         )
+        if self.step.get_outputs()[0].shape[1] != len(self.vocab) or max(self.never, default=0) >= len(
+            self.vocab
+        ):
+            raise ValueError(f"bot.json's {len(self.vocab)} words do not match step.onnx's outputs")
 
     def encode(self, sources: list[str]) -> dict[str, np.ndarray]:
         """The encoder's outputs for normalised sources (earlier turns, then the query)."""
-        rows = [self.context.source_ids(self.vocab, s, words_within(self.max_length)) for s in sources]
+        rows = [self.context.source_ids(self.vocab, s, self.query_words) for s in sources]
         ids = np.full((len(rows), max(map(len, rows))), PAD, dtype=np.int64)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
@@ -65,9 +102,9 @@ class Bot:
         logits = logits.astype(np.float64)
         shifted = logits - logits.max(axis=1, keepdims=True)
         scores = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        scores[:, NEVER_GENERATED] = -np.inf
-        if step == 0:
-            scores[:, EOS] = -np.inf  # min_length 1: a reply has a word
+        scores[:, self.never] = -np.inf
+        if step < self.min_length:
+            scores[:, EOS] = -np.inf
         return scores
 
     def greedy(self, memory: dict) -> list[list[int]]:
@@ -105,7 +142,7 @@ class Bot:
             scores = np.where(finished[:, None], frozen, scores)
             candidate_raw = raw[:, None] + scores
             candidate_length = np.broadcast_to((length + ~finished)[:, None], candidate_raw.shape)
-            ranked = candidate_raw / ((5.0 + candidate_length) / 6.0) ** LENGTH_PENALTY
+            ranked = candidate_raw / ((5.0 + candidate_length) / 6.0) ** self.length_penalty
             top = _top_k(ranked.ravel(), k)
             beam, choice = np.divmod(top, scores.shape[1])
             raw, length = candidate_raw.ravel()[top], candidate_length.ravel()[top]
@@ -115,7 +152,7 @@ class Bot:
             if finished.all():
                 break
             token = choice.astype(np.int64)
-        best = int(np.argmax(raw / ((5.0 + length) / 6.0) ** LENGTH_PENALTY))
+        best = int(np.argmax(raw / ((5.0 + length) / 6.0) ** self.length_penalty))
         return [int(t) for t in history[best] if t != PAD]
 
     def reply(self, text: str) -> str:

@@ -28,11 +28,7 @@ def main() -> None:
     try:
         bot = Bot(Path(__file__).resolve().parent, args.int8, args.beam_size, args.threads)
     except Exception as error:  # a damaged or missing file: one line, not a traceback
-        print(
-            f"error: cannot load the bot: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}",
-            file=sys.stderr,
-        )
-        raise SystemExit(1) from None
+        fail(f"cannot load the bot: {first_line(error)}")
     try:
         if sys.stdin.isatty():
             print("Talk to the bot. /reset starts a new conversation, /quit leaves.", file=sys.stderr)
@@ -41,11 +37,15 @@ def main() -> None:
                     line = input("you> ")
                 except EOFError:
                     break
-                if line.strip() in ("/quit", "/q", "quit", "q", "exit"):
+                command = line.strip().lower()
+                if command in ("/quit", "/q", "quit", "q", "exit"):
                     break
-                if line.strip() == "/reset":
+                if command == "/reset":
                     bot.reset()
                     print("new conversation: earlier turns forgotten")
+                    continue
+                if command.startswith("/"):
+                    print("commands: /reset (a new conversation), /quit")
                     continue
                 reply, notes = bot.respond(line)
                 for note in notes:
@@ -66,6 +66,18 @@ def main() -> None:
         raise SystemExit(130) from None
     except BrokenPipeError:
         sys.stderr.close()
+    except Exception as error:  # ONNX Runtime failing on graphs that load but do not fit together
+        fail(f"the bot failed: {first_line(error)}")
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -217,6 +217,7 @@ function grow() {
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
+  if (busy) return; // the text stays in the box until the reply is in
   const text = input.value;
   input.value = "";
   grow();

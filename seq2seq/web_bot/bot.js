@@ -4,13 +4,14 @@
 // search. Chromium tests hold them to the Python bot's replies, hostile input included.
 "use strict";
 
-const PAD = 0, SOS = 1, EOS = 2, UNK = 3;
-
 class Bot {
   static async load() {
-    const config = await (await fetch("bot.json")).json();
+    const response = await fetch("bot.json");
+    if (!response.ok) throw new Error(`bot.json: ${response.status} ${response.statusText}`);
+    const config = await response.json();
     ort.env.wasm.wasmPaths = new URL(".", location.href).href; // the WebAssembly files beside this page
-    ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a plain static host lacks
+    // threads need a cross-origin isolated page (COOP and COEP headers), which a plain static host lacks
+    ort.env.wasm.numThreads = self.crossOriginIsolated ? 0 : 1;
     const options = { executionProviders: ["wasm"] };
     const suffix = config.web_graphs; // ".onnx", or ".int8.onnx"
     const [encoder, step] = await Promise.all([
@@ -20,8 +21,13 @@ class Bot {
   }
 
   constructor(config, encoder, step) {
-    this.words = ["<pad>", "<sos>", "<eos>", "<unk>", ...config.words];
+    const special = config.special; // vocab.py's ids, by name
+    this.words = [...Object.keys(special).sort((a, b) => special[a] - special[b]), ...config.vocab.words];
     this.index = new Map(this.words.map((word, i) => [word, i]));
+    [this.eos, this.sos, this.unk] = [special["<eos>"], special["<sos>"], special["<unk>"]];
+    this.never = new Set(config.never_generated);
+    this.minLength = config.min_length;
+    this.queryWords = config.query_words; // vocab.words_within(max_length)
     this.maxLength = config.max_length;
     this.maxInputChars = config.max_input_chars;
     this.contextTurns = config.context_turns;
@@ -30,6 +36,7 @@ class Bot {
     this.encoder = encoder;
     this.step = step;
     this.history = [];
+    this.epoch = 0; // bumped by reset(): a reply on its way then leaves the new conversation alone
   }
 
   // vocab.normalize
@@ -56,7 +63,7 @@ class Bot {
     }
     let words = this.normalize(chars.join("")).split(" ").filter(Boolean);
     if (words.length === 0) return { query: "", notes: [...notes, "nothing to answer: I only read English words and . ! ?"] };
-    const keep = this.maxLength - 1; // vocab.words_within
+    const keep = this.queryWords;
     if (words.length > keep) {
       notes.push(`I only read the first ${keep} words`);
       words = words.slice(0, keep);
@@ -82,15 +89,15 @@ class Bot {
   }
 
   encode(sentence) {
-    return sentence.split(" ").filter(Boolean).map((w) => this.index.get(w) ?? UNK);
+    return sentence.split(" ").filter(Boolean).map((w) => this.index.get(w) ?? this.unk);
   }
 
-  // decoding's greedy search: PAD, SOS and UNK never, EOS not first
+  // decoding's greedy search: never the never-generated tokens, EOS not before min_length
   async generate(ids) {
     const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), dims);
     const memory = await this.encoder.run({ ids: int64(ids, [1, ids.length]), lengths: int64([ids.length], [1]) });
     let state = memory.state;
-    let token = SOS;
+    let token = this.sos;
     const reply = [];
     for (let step = 0; step < this.maxLength; step++) {
       const out = await this.step.run({
@@ -101,11 +108,11 @@ class Bot {
       const logits = out.logits.data;
       let best = -1, top = -Infinity;
       for (let i = 0; i < logits.length; i++) {
-        if (i === PAD || i === SOS || i === UNK || (step === 0 && i === EOS)) continue;
+        if (this.never.has(i) || (step < this.minLength && i === this.eos)) continue;
         if (logits[i] > top) { top = logits[i]; best = i; }
       }
       reply.push(best);
-      if (best === EOS) break;
+      if (best === this.eos) break;
       token = best;
     }
     return reply;
@@ -114,15 +121,18 @@ class Bot {
   async respond(text) {
     const { query, notes } = this.read(text);
     if (!query) return { reply: "", notes };
+    const epoch = this.epoch;
     const ids = [];
-    for (const turn of this.cut(this.history)) ids.push(...this.encode(turn), EOS);
-    ids.push(...this.encode(query), EOS);
+    for (const turn of this.cut(this.history)) ids.push(...this.encode(turn), this.eos);
+    ids.push(...this.encode(query), this.eos);
     const words = [];
     for (const id of await this.generate(ids)) {
-      if (id === EOS) break;
+      if (id === this.eos) break;
       words.push(this.words[id]);
     }
-    if (this.contextTurns) this.history = [...this.history, query, words.join(" ")].slice(-this.contextTurns);
+    if (this.contextTurns && epoch === this.epoch) {
+      this.history = [...this.history, query, words.join(" ")].slice(-this.contextTurns);
+    }
     let reply = ""; // vocab.detokenize
     for (const word of words) reply += (reply && !".!?".includes(word) ? " " : "") + word;
     return { reply, notes };
@@ -130,6 +140,7 @@ class Bot {
 
   reset() {
     this.history = [];
+    this.epoch += 1;
   }
 }
 
@@ -139,6 +150,8 @@ const log = $("log"), empty = $("empty"), form = $("form"), input = $("input"), 
 const timings = { loaded: null, replies: [] }; // ms: from navigation to a ready bot, and each reply
 window.botTimings = timings;
 let bot = null;
+let busy = false; // one reply at a time: the next message reads the conversation this one ends
+let generation = 0; // a new conversation drops a reply still on its way
 
 function pretty(text) {
   return text.replace(/\bi\b/g, "I").replace(/(^|[.!?]\s+)([a-z])/g, (_, before, letter) => before + letter.toUpperCase());
@@ -172,13 +185,16 @@ function showError(message) {
 }
 
 async function send(text) {
-  if (!bot || !text.trim()) return;
+  if (!bot || busy || !text.trim()) return false;
+  busy = true;
+  const mine = generation;
   for (const box of log.querySelectorAll(".error")) box.remove();
   const turn = addTurn("user", text);
   sendButton.disabled = true;
   try {
     const start = performance.now();
     const { reply, notes } = await bot.respond(text);
+    if (mine !== generation) return true; // the conversation was reset meanwhile
     for (const note of notes) {
       const line = document.createElement("div");
       line.className = "note";
@@ -194,13 +210,16 @@ async function send(text) {
   } catch (error) {
     showError(`The bot failed: ${error.message || error}`);
   } finally {
+    busy = false;
     sendButton.disabled = false;
     input.focus();
   }
+  return true;
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
+  if (busy) return; // the text stays in the box until the reply is in
   const text = input.value;
   input.value = "";
   send(text);
@@ -212,6 +231,7 @@ input.addEventListener("keydown", (event) => {
   }
 });
 $("new").addEventListener("click", () => {
+  generation += 1;
   if (bot) bot.reset();
   for (const node of [...log.children]) if (node !== empty) node.remove();
   empty.hidden = false;
@@ -229,5 +249,6 @@ Bot.load().then((loaded) => {
 }).catch((error) => {
   $("status").className = "status down";
   $("subtitle").textContent = "the model could not be loaded";
-  showError(`The model could not be loaded: ${error.message || error}. Serve this folder over HTTP (python -m http.server), not as a file.`);
+  const hint = location.protocol === "file:" ? " Serve this folder over HTTP (python -m http.server), not as a file." : "";
+  showError(`The model could not be loaded: ${error.message || error}.${hint}`);
 });
