@@ -228,7 +228,11 @@ def main() -> None:
     )
     p.add_argument("--mmi-clients", type=positive_int, nargs="+", default=[1, 8, 32], help="levels for mmi")
     p.add_argument(
-        "--decoders", nargs="+", choices=("greedy", "mmi"), default=["greedy", "mmi"], help="decoders"
+        "--decoders",
+        nargs="*",
+        choices=("greedy", "mmi"),
+        default=["greedy", "mmi"],
+        help="decoders compared (none: only the soak and the hostile run)",
     )
     p.add_argument("--seconds", type=float, default=15.0, help="length of each level")
     p.add_argument("--max-batch", type=positive_int, default=64, help="the batched server's --max-batch")
@@ -237,7 +241,7 @@ def main() -> None:
         "--soak", type=int, default=20_000, help="requests in a row on the batched greedy server (0: none)"
     )
     p.add_argument("--hostile", type=int, default=1000, help="bad requests mixed into a load run (0: none)")
-    p.add_argument("--precision", default="auto", help="serve.py --precision")
+    p.add_argument("--precision", default="fp32", help="serve.py --precision (its default: fp32)")
     args = p.parse_args()
     try:
         sources = [source for source, _ in read_pairs(args.test_data)]
@@ -274,17 +278,36 @@ def main() -> None:
         soak_and_hostile(args, base, bodies)
 
 
-def soak_and_hostile(args, base: list[str], bodies: list[bytes]) -> None:
-    server = Server([*base, "--rerank", "none", "--max-batch", str(args.max_batch)])
+def soak(args, flags: list[str], bodies: list[bytes], label: str) -> None:
+    """`--soak` requests in a row at 32 clients, after a warm-up of 1,000 requests at each of 1,
+    8, 32 and 128 clients (batches of the sizes the load will meet)."""
+    server = Server(flags)
     try:
-        if args.soak:
-            asyncio.run(closed_loop(server.port, bodies, 32, total=1000))
-            before = rss_mib(server.process.pid)
-            soak = asyncio.run(closed_loop(server.port, bodies, 32, total=args.soak))
-            after = rss_mib(server.process.pid)
-            print(f"soak: {soak['replies']:,} replies of {args.soak:,} requests at 32 clients, {soak['errors']} errors, "
-                  f"{soak['per_s']:.0f}/s; server RSS {before:.0f} -> {after:.0f} MiB ({after / before - 1:+.1%}) after "
-                  "1,000 warm-up requests")  # fmt: skip
+        for clients in (1, 8, 32, 128):
+            asyncio.run(closed_loop(server.port, bodies, clients, total=1000))
+        before = rss_mib(server.process.pid)
+        rows = [before]
+        done = {"replies": 0, "errors": 0, "seconds": 0.0}
+        for _ in range(10):  # in tenths, to see whether memory levels off
+            part = asyncio.run(closed_loop(server.port, bodies, 32, total=args.soak // 10))
+            done = {k: done[k] + part[k] for k in done}
+            rows.append(rss_mib(server.process.pid))
+        print(f"soak, {label}: {done['replies']:,} replies of {args.soak // 10 * 10:,} requests at 32 clients, "
+              f"{done['errors']} errors, {done['replies'] / done['seconds']:.0f}/s; server RSS {before:.0f} -> "
+              f"{rows[-1]:.0f} MiB ({rows[-1] / before - 1:+.1%}) after 4,000 warm-up requests; every tenth: "
+              + " ".join(f"{r:.0f}" for r in rows[1:]))  # fmt: skip
+    finally:
+        server.stop()
+
+
+def soak_and_hostile(args, base: list[str], bodies: list[bytes]) -> None:
+    flags = [*base, "--rerank", "none", "--max-batch", str(args.max_batch)]
+    if args.soak:
+        soak(args, flags, bodies, f"--precision {args.precision}")
+        if args.precision == "fp32":  # serve.py's default, for flat memory: what bf16 would do
+            soak(args, [*flags, "--precision", "bf16"], bodies, "--precision bf16")
+    server = Server(flags)
+    try:
         if args.hostile:
             total = args.hostile * 5
             clean = asyncio.run(closed_loop(server.port, bodies, 32, total=total))

@@ -125,14 +125,9 @@ KEY = "sesame"
 
 @pytest.fixture(scope="module")
 def mmi(trained_checkpoint, backward_checkpoint, home):
-    flags = [
-        "--model-path",
-        str(trained_checkpoint),
-        "--backward-model",
-        str(backward_checkpoint),
-        "--n-best",
-        "6",
-    ]
+    # chat.py's --precision default is auto, serve.py's fp32: the same on both sides
+    flags = ["--model-path", str(trained_checkpoint), "--backward-model", str(backward_checkpoint), "--n-best", "6",
+             "--precision", "fp32"]  # fmt: skip
     server = Server(*flags, "--api-key", KEY, cwd=home)
     server.flags = flags
     yield server
@@ -187,7 +182,7 @@ def test_the_api_key_guards_the_api_only(mmi):
 
 
 def test_a_context_model_reads_the_history_each_conversation_sends(context, context_checkpoint, home):
-    flags = ["--model-path", str(context_checkpoint), "--rerank", "none"]
+    flags = ["--model-path", str(context_checkpoint), "--rerank", "none", "--precision", "fp32"]
     assert chat_py(flags, ["i am sad .", "why ?", "", "i am happy .", "why ?"], home) == [
         "ok.", "i lost my dog.", "", "ok.", "i won the game.",
     ]  # fmt: skip
