@@ -79,6 +79,20 @@ class Graph:
         out = self.op("MatMul", x, self.weight(f"{hint}_weight", weight.T), hint=hint)
         return out if bias is None else self.op("Add", out, self.weight(f"{hint}_bias", bias), hint=hint)
 
+    def gru_cell(self, gi: str, previous: str, weight: str, bias: str, h: int) -> str:
+        """PyTorch's GRU cell, given the input's gate pre-activations `gi` (B, 3H), the state
+        `previous` (B, H) and the names of the recurrent weight's transpose (H, 3H) and bias: the
+        recurrent product is a MatMul, which int8 quantisation takes."""
+        gh = self.op("Add", self.op("MatMul", previous, weight, hint="gh"), bias)
+        split = self.weight("split", np.array([h] * 3))
+        i_r, i_z, i_n = self.op("Split", gi, split, outputs=3, axis=1)
+        h_r, h_z, h_n = self.op("Split", gh, split, outputs=3, axis=1)
+        reset = self.op("Sigmoid", self.op("Add", i_r, h_r))
+        update = self.op("Sigmoid", self.op("Add", i_z, h_z))
+        candidate = self.op("Tanh", self.op("Add", i_n, self.op("Mul", reset, h_n)))
+        # h' = (1 - z) n + z h = n + z (h - n)
+        return self.op("Add", candidate, self.op("Mul", update, self.op("Sub", previous, candidate)))
+
     def model(self, inputs: list, outputs: list, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.weights)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -97,19 +111,14 @@ def _gates(weight: np.ndarray) -> np.ndarray:
     return np.concatenate([np.split(weight, 3)[i] for i in TORCH_TO_ONNX_GATES])
 
 
-def encoder_graph(model: Seq2Seq) -> onnx.ModelProto:
-    config, state = model.config, {k: _array(v) for k, v in model.state_dict().items()}
-    h, g = config.hidden_size, Graph()
-    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "length"])
-    lengths = helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])
-    embedded = g.op("Gather", g.weight("embedding", state["embedding.weight"]), "ids")  # (B, S, H)
-    x = g.op("Transpose", embedded, perm=[1, 0, 2])  # (S, B, H): the GRU op's time-major layout
+def _gru_op_layers(g: Graph, x: str, state: dict, layers: int, h: int, _) -> tuple[str, list[str]]:
+    """Each layer ONNX's GRU op, bidirectional, linear_before_reset=1 (PyTorch's GRU), with
+    sequence_lens: the last layer's outputs, directions summed, and every layer's final states."""
     sequence_lens = g.op("Cast", "lengths", to=TensorProto.INT32)
     finals = []
-    for layer in range(config.encoder_layers):
-        prefix = f"encoder.gru.weight_ih_l{layer}"
+    for layer in range(layers):
         directions = ("", "_reverse")
-        w = np.stack([_gates(state[f"{prefix}{d}"]) for d in directions])
+        w = np.stack([_gates(state[f"encoder.gru.weight_ih_l{layer}{d}"]) for d in directions])
         r = np.stack([_gates(state[f"encoder.gru.weight_hh_l{layer}{d}"]) for d in directions])
         b = np.stack([np.concatenate([_gates(state[f"encoder.gru.bias_ih_l{layer}{d}"]),
                                       _gates(state[f"encoder.gru.bias_hh_l{layer}{d}"])]) for d in directions])  # fmt: skip
@@ -119,7 +128,63 @@ def encoder_graph(model: Seq2Seq) -> onnx.ModelProto:
         # y (S, 2, B, H) -> the next layer's input (S, B, 2H); y_h (2, B, H): the final states
         x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.weight("shape", np.array([0, 0, -1])))
         finals.append(g.op("ReduceSum", y_h, g.weight("axis", np.array([0])), keepdims=1))  # (1, B, H)
-    values = g.op("ReduceSum", y, g.weight("axis", np.array([1])), keepdims=0)  # directions summed
+    return g.op("ReduceSum", y, g.weight("axis", np.array([1])), keepdims=0), finals
+
+
+def _unrolled_layers(
+    g: Graph, x: str, state: dict, layers: int, h: int, length: int
+) -> tuple[str, list[str]]:
+    """`_gru_op_layers` as GRU cells over `length` positions, masked past each source's length."""
+    real = g.op("Less", g.weight("positions", np.arange(length).reshape(length, 1)),
+                g.op("Unsqueeze", "lengths", g.weight("axis", np.array([0]))))  # fmt: skip
+    mask = g.op(
+        "Unsqueeze", g.op("Cast", real, to=TensorProto.FLOAT), g.weight("axis", np.array([2]))
+    )  # (S, B, 1)
+
+    def steps(tensor: str) -> list[str]:
+        """(S, B, ...) as S tensors (B, ...)."""
+        parts = g.op(
+            "Split", tensor, g.weight("ones", np.ones(length, dtype=np.int64)), outputs=length, axis=0
+        )
+        parts = [parts] if length == 1 else parts
+        return [g.op("Squeeze", part, g.weight("axis", np.array([0]))) for part in parts]
+
+    masks, finals = steps(mask), []
+    for layer in range(layers):
+        outputs, last = [], []
+        for direction in ("", "_reverse"):
+            gis = steps(g.linear(x, state[f"encoder.gru.weight_ih_l{layer}{direction}"],
+                                 state[f"encoder.gru.bias_ih_l{layer}{direction}"], "gi"))  # fmt: skip
+            zero = g.weight("zero", np.array(0.0, np.float32))
+            current = g.op("Mul", g.op("Slice", gis[0], g.weight("start", np.array([0])), g.weight("end", np.array([h])),
+                                       g.weight("axis", np.array([1]))), zero)  # fmt: skip
+            ys: list[str] = [""] * length
+            recurrent = g.weight("w_hh", state[f"encoder.gru.weight_hh_l{layer}{direction}"].T)  # one copy
+            bias = g.weight("b_hh", state[f"encoder.gru.bias_hh_l{layer}{direction}"])
+            for t in range(length) if not direction else reversed(range(length)):
+                new = g.gru_cell(gis[t], current, recurrent, bias, h)
+                ys[t] = g.op("Mul", new, masks[t])  # zeros past the length
+                current = g.op("Add", current, g.op("Mul", masks[t], g.op("Sub", new, current)))  # kept there
+            axis = g.weight("axis", np.array([0]))
+            outputs.append(g.op("Concat", *[g.op("Unsqueeze", y, axis) for y in ys], axis=0))  # (S, B, H)
+            last.append(current)
+        x = g.op("Concat", *outputs, axis=2)
+        finals.append(g.op("Unsqueeze", g.op("Add", *last), g.weight("axis", np.array([0]))))
+    return g.op("Add", *outputs), finals
+
+
+def encoder_graph(model: Seq2Seq, unrolled: int | None = None) -> onnx.ModelProto:
+    """The encoder: ONNX's GRU op, or with `unrolled` = S, GRU cells over S positions (the ids
+    padded to S; past its length a source's state is kept and its outputs are zeros, as packing
+    gives), whose matrix products int8 quantisation reaches: the int8 encoder."""
+    config, state = model.config, {k: _array(v) for k, v in model.state_dict().items()}
+    h, g = config.hidden_size, Graph()
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", unrolled or "length"])
+    lengths = helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])
+    embedded = g.op("Gather", g.weight("embedding", state["embedding.weight"]), "ids")  # (B, S, H)
+    x = g.op("Transpose", embedded, perm=[1, 0, 2])  # (S, B, H): time-major
+    layer_outputs = _unrolled_layers if unrolled else _gru_op_layers
+    values, finals = layer_outputs(g, x, state, config.encoder_layers, h, unrolled)  # (S, B, H), [(1, B, H)]
     values = g.op("Transpose", values, perm=[1, 0, 2], hint="values_bsh")  # (B, S, H)
     method = config.attn_model
     if method == "general":
@@ -143,8 +208,9 @@ def encoder_graph(model: Seq2Seq) -> onnx.ModelProto:
     outputs = {"keys": keys, "values": values, "attention_bias": bias, "state": first_state}
     for public, internal in outputs.items():
         g.nodes.append(helper.make_node("Identity", [internal], [public]))
-    shapes = {"keys": ["batch", "length", h], "values": ["batch", "length", h],
-              "attention_bias": ["batch", "length"], "state": [n_dec, "batch", h]}  # fmt: skip
+    length = unrolled or "length"
+    shapes = {"keys": ["batch", length, h], "values": ["batch", length, h],
+              "attention_bias": ["batch", length], "state": [n_dec, "batch", h]}  # fmt: skip
     return g.model([ids, lengths], [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
                    "encoder")  # fmt: skip
 
@@ -166,16 +232,8 @@ def step_graph(model: Seq2Seq) -> onnx.ModelProto:
         gi = g.linear(
             x, state[f"decoder.gru.weight_ih_l{layer}"], state[f"decoder.gru.bias_ih_l{layer}"], "gi"
         )
-        gh = g.linear(
-            previous, state[f"decoder.gru.weight_hh_l{layer}"], state[f"decoder.gru.bias_hh_l{layer}"], "gh"
-        )
-        i_r, i_z, i_n = g.op("Split", gi, g.weight("split", np.array([h, h, h])), outputs=3, axis=1)
-        h_r, h_z, h_n = g.op("Split", gh, g.weight("split", np.array([h, h, h])), outputs=3, axis=1)
-        reset = g.op("Sigmoid", g.op("Add", i_r, h_r))
-        update = g.op("Sigmoid", g.op("Add", i_z, h_z))
-        candidate = g.op("Tanh", g.op("Add", i_n, g.op("Mul", reset, h_n)))
-        # h' = (1 - z) n + z h = n + z (h - n), PyTorch's GRU cell
-        x = g.op("Add", candidate, g.op("Mul", update, g.op("Sub", previous, candidate)))
+        recurrent = g.weight("w_hh", state[f"decoder.gru.weight_hh_l{layer}"].T)
+        x = g.gru_cell(gi, previous, recurrent, g.weight("b_hh", state[f"decoder.gru.bias_hh_l{layer}"]), h)
         new_states.append(g.op("Unsqueeze", x, g.weight("axis", np.array([0]))))
     query = x
     if config.attn_model == "concat":
@@ -240,7 +298,9 @@ def bot_config(vocab: Vocabulary, max_length: int, context: Context) -> dict:
     return {"format": FORMAT, "vocab": vocab.to_dict(), "special": dict(zip(SPECIAL_TOKENS, (PAD, SOS, EOS, UNK))),
             "max_length": max_length, "query_words": words_within(max_length), "min_length": greedy.min_length,
             "length_penalty": greedy.length_penalty, "never_generated": list(NEVER_GENERATED),
-            "context_turns": context.turns, "context_tokens": context.tokens}  # fmt: skip
+            "context_turns": context.turns, "context_tokens": context.tokens,
+            # the longest source: its query and EOS, its earlier turns (EOS each) within their budget
+            "int8_source_length": max_length + (context.tokens if context.turns else 0)}  # fmt: skip
 
 
 def onnxruntime_web(dist: str | Path = ORT_WEB) -> Path:
@@ -264,10 +324,12 @@ def write_onnx_bot(model: Seq2Seq, vocab: Vocabulary, max_length: int, context: 
     with atomic_folder(folder, is_bot_folder) as tmp:
         onnx.save(encoder_graph(model), tmp / "encoder.onnx")
         onnx.save(step_graph(model), tmp / "step.onnx")
-        if int8:
-            for part in ("encoder", "step"):
-                quantize(tmp / f"{part}.onnx", tmp / f"{part}.int8.onnx")
         config = bot_config(vocab, max_length, context)
+        if int8:  # the encoder as cells over the longest source, so that its recurrence is int8 too
+            onnx.save(encoder_graph(model, config["int8_source_length"]), tmp / "encoder.cells.onnx")
+            quantize(tmp / "encoder.cells.onnx", tmp / "encoder.int8.onnx")
+            (tmp / "encoder.cells.onnx").unlink()
+            quantize(tmp / "step.onnx", tmp / "step.int8.onnx")
         if web is not None:
             config.update(characters=character_table(), max_input_chars=MAX_INPUT_CHARS,
                           web_graphs=".int8.onnx" if int8 else ".onnx")  # fmt: skip

@@ -61,6 +61,26 @@ def test_the_encoder_reads_a_batch_of_different_lengths_as_eager_does(tmp_path):
     assert np.array_equal(np.isneginf(got["attention_bias"]), ~memory.mask.numpy())
 
 
+@pytest.mark.parametrize("attn, encoder_layers, decoder_layers", ARCHITECTURES[1:3])
+def test_the_unrolled_encoder_of_the_int8_graphs_equals_eager(attn, encoder_layers, decoder_layers):
+    import onnxruntime
+
+    from seq2seq.onnx_export import encoder_graph
+
+    model, vocab = tiny_model(attn, encoder_layers, decoder_layers)
+    sources = [normalize(s) for s in random_sentences(vocab.index_to_word[4:], 5, seed=3, max_words=9)]
+    src, lengths = encode_queries(vocab, sources, 10, torch.device("cpu"))
+    padded = torch.nn.functional.pad(src, (0, 12 - src.size(1)))  # the graph is unrolled over 12 positions
+    session = onnxruntime.InferenceSession(encoder_graph(model, unrolled=12).SerializeToString())
+    got = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {"ids": padded.numpy(), "lengths": lengths.numpy()})))  # fmt: skip
+    with torch.no_grad():
+        memory, state = model.encode(padded, lengths)  # padding past the batch's longest: zeros, masked
+    for name, expected in (("values", memory.values), ("keys", memory.keys), ("state", state)):
+        assert np.abs(got[name] - expected.numpy()).max() < 1e-5, name
+    assert np.array_equal(np.isneginf(got["attention_bias"]), ~memory.mask.numpy())
+
+
 def torch_free_env(tmp_path: Path) -> dict:
     """An environment in which `import torch` fails, as on a machine without PyTorch."""
     blocker = tmp_path / "no-torch" / "torch"
@@ -208,9 +228,9 @@ def unicode_soup(count: int, seed: int = 0) -> list[str]:
 @pytest.mark.skipif(not ORT_WEB.is_dir(), reason="onnxruntime-web is not installed (npm ci)")
 def test_the_web_bot_answers_in_chromium_as_the_python_bot_does(context_checkpoint, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    export("--model-path", str(context_checkpoint), "--method", "web", cwd=tmp_path)
+    export("--model-path", str(context_checkpoint), "--method", "web", "--quantize", "int8", cwd=tmp_path)
     folder = tmp_path / "checkpoints" / "web"
-    python_bot = load_runtime(folder).Bot(folder)
+    python_bot = load_runtime(folder).Bot(folder, int8=True)  # the page loads the int8 graphs
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -68,6 +68,8 @@ class Bot:
         if not isinstance(self.never, list) or not all(type(i) is int and i >= 0 for i in self.never):
             raise ValueError("bot.json: never_generated must list token ids")
         self.context = Context(_setting(config, "context_turns", 0), _setting(config, "context_tokens", 1))
+        # the int8 encoder is unrolled over the longest source: ids are padded to it
+        self.source_length = _setting(config, "int8_source_length", 1) if int8 else 0
         self.beam_size = beam_size
         self.history: list[str] = []
         options = onnxruntime.SessionOptions()
@@ -89,7 +91,7 @@ class Bot:
     def encode(self, sources: list[str]) -> dict[str, np.ndarray]:
         """The encoder's outputs for normalised sources (earlier turns, then the query)."""
         rows = [self.context.source_ids(self.vocab, s, self.query_words) for s in sources]
-        ids = np.full((len(rows), max(map(len, rows))), PAD, dtype=np.int64)
+        ids = np.full((len(rows), max(self.source_length, *map(len, rows))), PAD, dtype=np.int64)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
         lengths = np.array([len(row) for row in rows], dtype=np.int64)

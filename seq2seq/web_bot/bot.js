@@ -24,7 +24,7 @@ class Bot {
     const special = config.special; // vocab.py's ids, by name
     this.words = [...Object.keys(special).sort((a, b) => special[a] - special[b]), ...config.vocab.words];
     this.index = new Map(this.words.map((word, i) => [word, i]));
-    [this.eos, this.sos, this.unk] = [special["<eos>"], special["<sos>"], special["<unk>"]];
+    [this.pad, this.eos, this.sos, this.unk] = [special["<pad>"], special["<eos>"], special["<sos>"], special["<unk>"]];
     this.never = new Set(config.never_generated);
     this.minLength = config.min_length;
     this.queryWords = config.query_words; // vocab.words_within(max_length)
@@ -33,6 +33,8 @@ class Bot {
     this.contextTurns = config.context_turns;
     this.contextTokens = config.context_tokens;
     this.characters = config.characters; // what vocab.normalize makes of each non-ASCII character
+    // the int8 encoder is unrolled over the longest source: ids are padded to it
+    this.sourceLength = config.web_graphs.includes("int8") ? config.int8_source_length : 0;
     this.encoder = encoder;
     this.step = step;
     this.history = [];
@@ -95,7 +97,8 @@ class Bot {
   // decoding's greedy search: never the never-generated tokens, EOS not before min_length
   async generate(ids) {
     const int64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), dims);
-    const memory = await this.encoder.run({ ids: int64(ids, [1, ids.length]), lengths: int64([ids.length], [1]) });
+    const padded = [...ids, ...Array(Math.max(0, this.sourceLength - ids.length)).fill(this.pad)];
+    const memory = await this.encoder.run({ ids: int64(padded, [1, padded.length]), lengths: int64([ids.length], [1]) });
     let state = memory.state;
     let token = this.sos;
     const reply = [];
