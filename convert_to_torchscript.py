@@ -7,6 +7,7 @@ to a browser tab), TorchScript, or torch.export.
     python convert_to_torchscript.py                               # traced TorchScript: checkpoints/model_traced.pt
     python convert_to_torchscript.py --method script --benchmark   # scripted, with eager-vs-TorchScript latency
     python convert_to_torchscript.py --method export               # torch.export programs (.pt2)
+    python convert_to_torchscript.py --method aoti                 # ... compiled by AOTInductor (a C++ compiler)
 
 The ONNX folder holds the encoder and the decoder step as ONNX graphs, bot.json (vocabulary,
 max_length, context) and a runtime that needs only `pip install onnxruntime numpy`: copied
@@ -17,7 +18,7 @@ answers in the tab. A TorchScript file holds the model, the vocabulary and the n
 torch.jit.load(path).reply("hi") answers in any process (or from C++ libtorch); TorchScript is
 deprecated in PyTorch 2.x, and every torch.jit call warns so. --method export writes the encoder
 and the decoder step as torch.export programs (the search loop and the text handling stay in
-Python there). Every bot keeps the conversation of a model trained with context, as chat.py
+Python there); --method aoti compiles them with AOTInductor. Every bot keeps the conversation of a model trained with context, as chat.py
 does. Every export is checked: its replies must equal the eager model's greedy replies on
 --prompts prompts (for a context model, said as conversations of CONVERSATION turns each);
 int8 reports the share that stays the same.
@@ -35,7 +36,7 @@ from seq2seq.checkpoint import context as checkpoint_context
 from seq2seq.cli import ArgumentParser, fail, first_line, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
-from seq2seq.export import build_bot, export_parts
+from seq2seq.export import build_bot, compile_parts, export_parts
 from seq2seq.files import FolderError, atomic_path, check_replaceable, ensure_space, remove_stale_temporaries
 from seq2seq.onnx_export import (
     ORT_WEB,
@@ -47,11 +48,12 @@ from seq2seq.onnx_export import (
 )
 from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences
 
-METHODS = ("onnx", "web", "trace", "script", "export")
+METHODS = ("onnx", "web", "export", "aoti", "trace", "script")
 DEFAULT_OUTPUT = {"onnx": "checkpoints/onnx", "web": "checkpoints/web", "trace": "checkpoints/model_traced.pt",
-                  "script": "checkpoints/model_scripted.pt", "export": "checkpoints/model_exported.pt2"}  # fmt: skip
+                  "script": "checkpoints/model_scripted.pt", "export": "checkpoints/model_exported.pt2",
+                  "aoti": "checkpoints/model_aoti.pt2"}  # fmt: skip
 LABELS = {"onnx": "ONNX Runtime", "web": "ONNX Runtime", "trace": "TorchScript (traced)",
-          "script": "TorchScript (scripted)", "export": "torch.export"}  # fmt: skip
+          "script": "TorchScript (scripted)", "export": "torch.export", "aoti": "AOTInductor"}  # fmt: skip
 
 
 CONVERSATION = 5  # turns of each conversation the parity check holds with a context model
@@ -83,7 +85,8 @@ def main() -> None:
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to export")
     p.add_argument("--method", choices=METHODS, default="trace",
                    help="onnx: a folder that runs without PyTorch; web: the same, with a page that runs in a browser; "
-                   "trace or script: TorchScript (the search loop is always scripted); export: torch.export")  # fmt: skip
+                   "export: torch.export programs; aoti: the same compiled by AOTInductor; trace or script: "
+                   "TorchScript, deprecated (the search loop is always scripted)")  # fmt: skip
     p.add_argument("--output-path", help="default: " + ", ".join(DEFAULT_OUTPUT.values()))
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: dynamic quantisation of the matrix products' weights (TorchScript: also the GRUs'; "
@@ -99,7 +102,7 @@ def main() -> None:
     p.add_argument("--benchmark", action="store_true", help="time eager against exported replies")
     args = p.parse_args()
     int8 = args.quantize == "int8"
-    if int8 and args.method == "export":
+    if int8 and args.method in ("export", "aoti"):
         fail("--quantize int8 goes with --method onnx, web, trace or script")
     warnings.filterwarnings("ignore", message=".*TorchScript.*deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -107,6 +110,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=r".*_flat_weights.*were assigned during export.*")
     # ... and torch's GRU while_loop calling a check it plans to rename
     warnings.filterwarnings("ignore", message=r".*_check_is_size will be removed.*", category=FutureWarning)
+    # ... and AOTInductor unpickling its own tree specs
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*", category=FutureWarning)
     try:
         # the exported bot runs on the CPU, in fp32
         model, vocab, checkpoint = load_for_inference(args.model_path, "cpu", "fp32")
@@ -165,8 +170,10 @@ def main() -> None:
             written = f"{output}/ (python {output}/chat.py" + (
                 f"; the page: cd {output} && python -m http.server)" if web else ")"
             )
-        elif args.method == "export":
-            bot = export_parts(model, vocab, max_length, output, context)
+        elif args.method in ("export", "aoti"):
+            bot = (export_parts if args.method == "export" else compile_parts)(
+                model, vocab, max_length, output, context
+            )
             check(bot)
             written = f"{output.with_suffix('.encoder.pt2')} and {output.with_suffix('.step.pt2')}"
         else:

@@ -12,11 +12,14 @@ flow. A batch of one needs no padding, so no packed sequences are involved. Repl
 seq2seq.decoding's greedy search exactly: PAD, SOS and UNK are never produced, EOS not first.
 
 TorchScript is deprecated in PyTorch 2.x in favour of torch.export; `export_parts` writes the two
-parts as torch.export programs (.pt2) instead, for runtimes that take those. onnx_export.py
-writes them as ONNX graphs, for a bot without PyTorch.
+parts as torch.export programs (.pt2) instead, for runtimes that take those, and `compile_parts`
+compiles them ahead of time with AOTInductor. onnx_export.py writes them as ONNX graphs, for a
+bot without PyTorch.
 """
 
 import importlib
+import os
+import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Dict, List  # noqa: UP035 (TorchScript, see Bot.__init__)
@@ -368,3 +371,24 @@ def export_parts(
             torch.export.save(program, file)
         loaded[name] = torch.export.load(str(path)).module()
     return Bot(loaded["encoder"], loaded["step"], vocab, max_length, context)
+
+
+def compile_parts(
+    model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Path, context: Context = NO_CONTEXT
+) -> Bot:
+    """export_parts' programs compiled ahead of time by AOTInductor into shared libraries,
+    packaged beside `output` as NAME.encoder.pt2 and NAME.step.pt2 (a C++ compiler is needed to
+    export, torch to load them); returns a (Python) Bot running the loaded packages. On this
+    repository's CPU their replies came faster than eager PyTorch's (README, Export)."""
+    export_parts(model, vocab, max_length, output, context)  # the programs, replaced below
+    runners = []
+    for name in ("encoder", "step"):
+        path = output.with_suffix(f".{name}.pt2")
+        program = torch.export.load(str(path))
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # AOTInductor wants a name ending .pt2
+            package = torch._inductor.aoti_compile_and_package(program, package_path=f"{folder}/{name}.pt2")
+            with open(package, "rb+") as file:
+                os.fsync(file.fileno())
+            os.replace(package, path)
+        runners.append(torch._inductor.aoti_load_package(str(path)))
+    return Bot(*runners, vocab, max_length, context)

@@ -159,6 +159,15 @@ def test_torch_export_keeps_the_length_dynamic(trained_checkpoint, tmp_path):
         assert keys.shape[1] == values.shape[1] == length
 
 
+def test_aotinductor_packages_answer_as_eager(trained_checkpoint, tmp_path):
+    result = export("--model-path", str(trained_checkpoint), "--method", "aoti", cwd=tmp_path)
+    assert "model_aoti.encoder.pt2 and" in result.stdout and "Warning" not in result.stderr
+    encoder = torch._inductor.aoti_load_package(str(tmp_path / "checkpoints" / "model_aoti.encoder.pt2"))
+    for length in (2, 7):
+        keys, values, state = encoder(torch.randint(4, 20, (1, length)))
+        assert keys.shape[1] == values.shape[1] == length
+
+
 def test_an_export_replaces_only_a_bot_it_wrote(trained_checkpoint, tmp_path):
     export("--model-path", str(trained_checkpoint), "--method", "onnx", "--output-path", "bot", cwd=tmp_path)
     (tmp_path / "bot" / "stale.txt").write_text("from the last export")
