@@ -33,7 +33,7 @@ from seq2seq.cli import (
 )
 from seq2seq.decoding import DecodingError
 from seq2seq.devices import DeviceError
-from seq2seq.serving import Limits, ServeOptions, create_app
+from seq2seq.serving import Limits, ServeOptions, create_app, decode_thread
 
 API_KEY_VARIABLE = "SEQ2SEQ_API_KEY"
 
@@ -101,8 +101,9 @@ def main() -> None:
     args = make_parser().parse_args()
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
     sock = listen(args.host, args.port)
+    executor = decode_thread()
     try:
-        bot = Chatbot(args)
+        bot = executor.submit(Chatbot, args).result()  # in the thread that will decode
     except (CheckpointError, DeviceError, DecodingError) as error:
         fail(str(error))
     if args.precision == "fp32":
@@ -112,7 +113,7 @@ def main() -> None:
     loopback = is_loopback(args.host)
     options = ServeOptions(args.model_name, api_key, Limits(args.max_body, args.max_messages), args.max_batch,
                            args.max_wait_ms, args.max_queue, args.timeout, LOOPBACK_NAMES if loopback else None)  # fmt: skip
-    app = create_app(bot, options)
+    app = create_app(bot, options, executor)
 
     import uvicorn
 
