@@ -25,7 +25,7 @@ int8 reports the share that stays the same.
 """
 
 import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
-import time
+import statistics
 import warnings
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from seq2seq.onnx_export import (
     onnxruntime_web,
     write_onnx_bot,
 )
+from seq2seq.profiling import reply_times
 from seq2seq.vocab import detokenize, last_turn, normalize, random_sentences
 
 METHODS = ("onnx", "web", "export", "aoti", "trace", "script")
@@ -65,15 +66,8 @@ def prompts_for(path: str, count: int, vocab) -> list[str]:
     return queries + random_sentences(vocab.index_to_word[4:], count - len(queries))
 
 
-def median_ms(reply, prompts: list[str], warmup: int = 5) -> float:
-    for prompt in prompts[:warmup]:
-        reply(prompt)
-    times = []
-    for prompt in prompts:
-        start = time.perf_counter()
-        reply(prompt)
-        times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2]
+def median_ms(reply, prompts: list[str]) -> float:
+    return statistics.median(reply_times(reply, prompts))
 
 
 class ParityError(Exception):

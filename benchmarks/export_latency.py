@@ -35,6 +35,7 @@ from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
 from seq2seq.export import Bot, build_bot, export_parts
 from seq2seq.onnx_export import ORT_WEB, load_runtime, onnxruntime_web, write_onnx_bot
+from seq2seq.profiling import reply_times
 from seq2seq.vocab import detokenize, last_turn, normalize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,17 +46,6 @@ def size_mib(*paths: Path) -> float:
         sum(p.stat().st_size for path in paths for p in ([path] if path.is_file() else path.rglob("*")))
         / 2**20
     )
-
-
-def time_replies(reply, prompts: list[str], warmup: int = 10) -> list[float]:
-    for prompt in prompts[:warmup]:
-        reply(prompt)
-    times = []
-    for prompt in prompts:
-        start = time.perf_counter()
-        reply(prompt)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
 
 
 def first_reply_seconds(command: list[str], prompt: str, cwd: Path) -> float:
@@ -181,7 +171,7 @@ def main() -> None:
         "| bot | p50 ms | p95 ms | same replies as eager fp32 | size MiB |\n| --- | --- | --- | --- | --- |"
     )
     for name, (reply, files) in rows.items():
-        times = sorted(time_replies(reply, prompts))
+        times = sorted(reply_times(reply, prompts, warmup=10))
         same = sum(reply(prompt) == want for prompt, want in zip(prompts, reference))
         paths = files if isinstance(files, list) else [files]
         print(f"| {name} | {statistics.median(times):.2f} | {times[int(0.95 * (len(times) - 1))]:.2f} | "

@@ -267,10 +267,10 @@ def step_graph(model: Seq2Seq) -> onnx.ModelProto:
 PACKAGE = Path(__file__).resolve().parent
 RUNTIME = PACKAGE / "onnx_runtime"
 FORMAT = "chatbot-seq2seq-onnx/1"
-# The web bot: its page and script, the serve page's style and icon, and from onnxruntime-web's
+# The web bot: its page and script, the serve page's style, conversation view and icon, and from onnxruntime-web's
 # npm package (package.json pins it) its WebAssembly build: the script, its loader, the binary.
 WEB_FILES = (PACKAGE / "web_bot" / "index.html", PACKAGE / "web_bot" / "bot.js", PACKAGE / "web" / "chat.css",
-             PACKAGE / "web" / "favicon.svg")  # fmt: skip
+             PACKAGE / "web" / "conversation.js", PACKAGE / "web" / "favicon.svg")  # fmt: skip
 ORT_WEB = PACKAGE.parent / "node_modules" / "onnxruntime-web" / "dist"
 ORT_WEB_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 

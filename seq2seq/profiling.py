@@ -163,3 +163,16 @@ def plot_breakdown(profiles: list[Profile], path: str | Path) -> None:
         ax.set_title(f"{p.mode}: {p.wall_seconds / p.steps * 1000:.0f} ms a step")
         ax.grid(axis="x", alpha=0.3)
     save_figure(fig, path)
+
+
+def reply_times(reply: Callable[[str], object], prompts: list[str], warmup: int = 5) -> list[float]:
+    """Milliseconds of each reply to `prompts`, in order, after `warmup` untimed replies (which
+    warm caches and allocators)."""
+    for prompt in prompts[:warmup]:
+        reply(prompt)
+    times = []
+    for prompt in prompts:
+        start = time.perf_counter()
+        reply(prompt)
+        times.append((time.perf_counter() - start) * 1000)
+    return times

@@ -39,6 +39,7 @@ from .vocab import EOS, PAD, detokenize, join_turns, read_message, words_within
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # The page and what it loads, served from memory with their types.
 WEB_FILES = {"/": ("index.html", "text/html"), "/chat.js": ("chat.js", "text/javascript"),
+             "/conversation.js": ("conversation.js", "text/javascript"),
              "/chat.css": ("chat.css", "text/css"), "/favicon.svg": ("favicon.svg", "image/svg+xml")}  # fmt: skip
 HONOURED = {"model", "messages", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p",
             "seed", "stop", "stream", "stream_options"}  # fmt: skip

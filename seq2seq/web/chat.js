@@ -8,9 +8,8 @@ const MODE_STORE = "chatbot-seq2seq/mode";
 const SENT = 40; // the most recent messages sent with each request: more than any model reads
 const VARIED_TEMPERATURE = 0.8;
 
-const $ = (id) => document.getElementById(id);
-const log = $("log"), empty = $("empty"), form = $("form"), input = $("input"), sendButton = $("send");
-const mode = $("mode"), keyRow = $("keyrow"), keyInput = $("key"), status = $("status");
+const { $, input, addTurn, addNotes, showTyping, showError, clearErrors } = view; // conversation.js
+const sendButton = $("send"), mode = $("mode"), keyRow = $("keyrow"), keyInput = $("key"), status = $("status");
 
 let model = null;
 let maxMessages = SENT; // the server's --max-messages, from /health
@@ -33,83 +32,6 @@ function save() {
   } catch {
     // storage full or disabled: the conversation still lives in the page
   }
-}
-
-function scrollDown() {
-  log.scrollTop = log.scrollHeight;
-}
-
-// The model writes lower case ("i'm fine. where is he?"): shown with capitals where a reader
-// expects them; the conversation keeps the words as they came.
-function pretty(text) {
-  return text
-    .replace(/\bi\b/g, "I")
-    .replace(/(^|[.!?]\s+)([a-z])/g, (_, before, letter) => before + letter.toUpperCase());
-}
-
-function addTurn(role, text, notes = []) {
-  empty.hidden = true;
-  const turn = document.createElement("div");
-  turn.className = `turn ${role}`;
-  const bubble = document.createElement("div");
-  bubble.className = "bubble";
-  bubble.textContent = (role === "assistant" ? pretty(text) : text) || "…";
-  turn.append(bubble);
-  addNotes(turn, notes);
-  log.append(turn);
-  scrollDown();
-  return turn;
-}
-
-function addNotes(turn, notes) {
-  for (const note of notes) {
-    const line = document.createElement("div");
-    line.className = "note";
-    line.textContent = note;
-    turn.append(line);
-  }
-}
-
-function showTyping() {
-  const turn = document.createElement("div");
-  turn.className = "turn assistant typing";
-  turn.setAttribute("aria-label", "the bot is typing");
-  const bubble = document.createElement("div");
-  bubble.className = "bubble";
-  for (let i = 0; i < 3; i++) {
-    const dot = document.createElement("span");
-    dot.className = "dot";
-    bubble.append(dot);
-  }
-  turn.append(bubble);
-  log.append(turn);
-  scrollDown();
-  return turn;
-}
-
-function showError(message, retry) {
-  const box = document.createElement("div");
-  box.className = "error";
-  box.setAttribute("role", "alert");
-  const text = document.createElement("span");
-  text.textContent = message;
-  box.append(text);
-  if (retry) {
-    const again = document.createElement("button");
-    again.type = "button";
-    again.textContent = "Retry";
-    again.addEventListener("click", () => {
-      box.remove();
-      retry();
-    });
-    box.append(again);
-  }
-  log.append(box);
-  scrollDown();
-}
-
-function clearErrors() {
-  for (const box of log.querySelectorAll(".error")) box.remove();
 }
 
 function headers() {
@@ -205,39 +127,16 @@ async function send(text) {
 function newConversation() {
   conversation = [];
   save();
-  for (const node of [...log.children]) if (node !== empty) node.remove();
-  empty.hidden = false;
+  view.clear();
   input.focus();
 }
 
-function grow() {
-  input.style.height = "auto";
-  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
-}
-
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  if (busy) return; // the text stays in the box until the reply is in
-  const text = input.value;
-  input.value = "";
-  grow();
-  send(text);
-});
-input.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    form.requestSubmit();
-  }
-});
-input.addEventListener("input", grow);
+view.onMessage(send, () => busy);
 keyInput.addEventListener("change", () => {
   sessionStorage.setItem(KEY_STORE, keyInput.value.trim());
   input.focus();
 });
 $("new").addEventListener("click", newConversation);
-for (const button of $("suggestions").querySelectorAll("button")) {
-  button.addEventListener("click", () => send(button.textContent));
-}
 mode.value = localStorage.getItem(MODE_STORE) === "varied" ? "varied" : "best";
 mode.addEventListener("change", () => localStorage.setItem(MODE_STORE, mode.value));
 

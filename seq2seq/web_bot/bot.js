@@ -147,63 +147,27 @@ class Bot {
   }
 }
 
-// The page: a conversation kept in this tab.
-const $ = (id) => document.getElementById(id);
-const log = $("log"), empty = $("empty"), form = $("form"), input = $("input"), sendButton = $("send");
+// The page: a conversation kept in this tab (conversation.js shows it).
+const { $, input, addTurn, addNotes, showError, clearErrors } = view;
+const sendButton = $("send");
 const timings = { loaded: null, replies: [] }; // ms: from navigation to a ready bot, and each reply
 window.botTimings = timings;
 let bot = null;
 let busy = false; // one reply at a time: the next message reads the conversation this one ends
 let generation = 0; // a new conversation drops a reply still on its way
 
-function pretty(text) {
-  return text.replace(/\bi\b/g, "I").replace(/(^|[.!?]\s+)([a-z])/g, (_, before, letter) => before + letter.toUpperCase());
-}
-
-function addTurn(role, text, notes = []) {
-  empty.hidden = true;
-  const turn = document.createElement("div");
-  turn.className = `turn ${role}`;
-  const bubble = document.createElement("div");
-  bubble.className = "bubble";
-  bubble.textContent = (role === "assistant" ? pretty(text) : text) || "…";
-  turn.append(bubble);
-  for (const note of notes) {
-    const line = document.createElement("div");
-    line.className = "note";
-    line.textContent = note;
-    turn.append(line);
-  }
-  log.append(turn);
-  log.scrollTop = log.scrollHeight;
-  return turn;
-}
-
-function showError(message) {
-  const box = document.createElement("div");
-  box.className = "error";
-  box.setAttribute("role", "alert");
-  box.textContent = message;
-  log.append(box);
-}
-
 async function send(text) {
-  if (!bot || busy || !text.trim()) return false;
+  if (!bot || busy || !text.trim()) return;
   busy = true;
   const mine = generation;
-  for (const box of log.querySelectorAll(".error")) box.remove();
+  clearErrors();
   const turn = addTurn("user", text);
   sendButton.disabled = true;
   try {
     const start = performance.now();
     const { reply, notes } = await bot.respond(text);
-    if (mine !== generation) return true; // the conversation was reset meanwhile
-    for (const note of notes) {
-      const line = document.createElement("div");
-      line.className = "note";
-      line.textContent = note;
-      turn.append(line);
-    }
+    if (mine !== generation) return; // the conversation was reset meanwhile
+    addNotes(turn, notes);
     if (reply) {
       timings.replies.push(performance.now() - start);
       addTurn("assistant", reply);
@@ -217,29 +181,14 @@ async function send(text) {
     sendButton.disabled = false;
     input.focus();
   }
-  return true;
 }
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  if (busy) return; // the text stays in the box until the reply is in
-  const text = input.value;
-  input.value = "";
-  send(text);
-});
-input.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    form.requestSubmit();
-  }
-});
+view.onMessage(send, () => busy);
 $("new").addEventListener("click", () => {
   generation += 1;
   if (bot) bot.reset();
-  for (const node of [...log.children]) if (node !== empty) node.remove();
-  empty.hidden = false;
+  view.clear();
 });
-for (const button of $("suggestions").querySelectorAll("button")) button.addEventListener("click", () => send(button.textContent));
 
 Bot.load().then((loaded) => {
   bot = loaded;
