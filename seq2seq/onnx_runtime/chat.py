@@ -21,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--int8", action="store_true", help="the int8 graphs (exported with --quantize int8)")
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy; more: beam search")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime's threads (0: its choice)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime's threads (0: every core)")
     args = parser.parse_args()
     if args.beam_size < 1 or args.threads < 0:
         parser.error("--beam-size must be at least 1 and --threads at least 0")
