@@ -36,7 +36,7 @@ from seq2seq.checkpoint import context as checkpoint_context
 from seq2seq.cli import ArgumentParser, fail, first_line, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
-from seq2seq.export import build_bot, compile_parts, export_parts
+from seq2seq.export import build_bot, export_parts
 from seq2seq.files import FolderError, atomic_path, check_replaceable, ensure_space, remove_stale_temporaries
 from seq2seq.onnx_export import (
     ORT_WEB,
@@ -165,10 +165,9 @@ def main() -> None:
                 f"; the page: cd {output} && python -m http.server)" if web else ")"
             )
         elif args.method in ("export", "aoti"):
-            bot = (export_parts if args.method == "export" else compile_parts)(
-                model, vocab, max_length, output, context
+            bot = export_parts(
+                model, vocab, max_length, output, context, check, compiled=args.method == "aoti"
             )
-            check(bot)
             written = f"{output.with_suffix('.encoder.pt2')} and {output.with_suffix('.step.pt2')}"
         else:
             with atomic_path(output) as tmp:

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 
+from seq2seq import exit_interrupted
 from seq2seq.chatbot import Chatbot
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import (
@@ -41,8 +42,8 @@ API_KEY_VARIABLE = "SEQ2SEQ_API_KEY"
 def make_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default="checkpoints/best_model.pth", help="checkpoint to serve")
-    # fp32 by default, unlike chat.py: a bf16 server's memory grows with every new batch shape
-    # its matrix products meet (+27% over 20,000 requests after warm-up, fp32 +0.1%; README)
+    # fp32 by default, unlike chat.py: a bf16 server's memory grows with the batch shapes its
+    # matrix products meet (README, "Serving", measured)
     add_decoding_arguments(p, precision="fp32", rerank="auto")
     p.add_argument("--no-context", action="store_true",
                    help="answer every message alone, even with a model trained to read earlier turns")  # fmt: skip
@@ -106,6 +107,8 @@ def main() -> None:
         bot = executor.submit(Chatbot, args).result()  # in the thread that will decode
     except (CheckpointError, DeviceError, DecodingError) as error:
         fail(str(error))
+    except KeyboardInterrupt:  # not waiting for the load to end in the other thread
+        exit_interrupted()
     if args.precision == "fp32":
         bot.precision_reason = (
             "serve.py's default: memory stays flat under load; --precision bf16 answers more a second"
@@ -133,21 +136,24 @@ def main() -> None:
             )
             self.should_exit = True
 
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)  # Ctrl-C now stops the server as its line says
+            for line in announce:
+                print(line, file=sys.stderr, flush=True)
+
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
                             limit_concurrency=args.max_connections, timeout_graceful_shutdown=args.timeout + 5)  # fmt: skip
     if args.access_log:  # uvicorn's access lines are INFO, below the warnings it logs otherwise
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     server = Server(config)
-    for line in bot.startup():
-        print(line, file=sys.stderr)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     batching = f"batches of up to {args.max_batch} rows" if args.max_batch > 1 else "one request at a time"
-    print(f"serving '{args.model_name}' at http://{shown}:{port}/ (chat page) and http://{shown}:{port}/v1 "
-          f"(OpenAI API), {batching}; Ctrl-C stops", file=sys.stderr, flush=True)  # fmt: skip
+    announce = [*bot.startup(), f"serving '{args.model_name}' at http://{shown}:{port}/ (chat page) and "
+                f"http://{shown}:{port}/v1 (OpenAI API), {batching}; Ctrl-C stops"]  # fmt: skip
     if not loopback:
-        print(f"note: listening on {host}: anyone who can reach this machine can talk to the bot"
-              + ("" if api_key else " (--api-key requires a key)"), file=sys.stderr, flush=True)  # fmt: skip
+        announce.append(f"note: listening on {host}: anyone who can reach this machine can talk to the bot"
+                        + ("" if api_key else " (--api-key requires a key)"))  # fmt: skip
     asyncio.run(server.serve(sockets=[sock]))
     batcher = app.state.batcher
     print(f"stopped after {batcher.answered:,} replies in {batcher.batches:,} batches", file=sys.stderr)

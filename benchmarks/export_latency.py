@@ -33,7 +33,7 @@ from seq2seq.checkpoint import context as checkpoint_context
 from seq2seq.cli import ArgumentParser, fail, positive_int
 from seq2seq.cornell import CorpusError, read_pairs
 from seq2seq.decoding import Conversation, DecodeSettings
-from seq2seq.export import Bot, build_bot, export_parts
+from seq2seq.export import build_bot, export_parts
 from seq2seq.onnx_export import ORT_WEB, load_runtime, onnxruntime_web, write_onnx_bot
 from seq2seq.profiling import reply_times
 from seq2seq.vocab import detokenize, last_turn, normalize
@@ -145,15 +145,8 @@ def main() -> None:
         rows[f"TorchScript {'int8' if int8 else 'fp32'}"] = (alone(torch.jit.load(str(path))), path)
     exported = export_parts(model, vocab, max_length, work / "exported.pt2", context)
     rows["torch.export fp32"] = (alone(exported), [work / "exported.encoder.pt2", work / "exported.step.pt2"])
-    if args.aoti:  # AOTInductor: the same programs compiled ahead of time into a shared library
-        compiled = []
-        for part in ("encoder", "step"):
-            program = torch.export.load(str(work / f"exported.{part}.pt2"))
-            package = torch._inductor.aoti_compile_and_package(
-                program, package_path=str(work / f"aoti.{part}.pt2")
-            )
-            compiled.append(torch._inductor.aoti_load_package(package))
-        bot = Bot(*compiled, vocab, max_length, context)
+    if args.aoti:  # AOTInductor: the same programs compiled ahead of time (--method aoti)
+        bot = export_parts(model, vocab, max_length, work / "aoti.pt2", context, compiled=True)
         rows["AOTInductor fp32"] = (alone(bot), [work / "aoti.encoder.pt2", work / "aoti.step.pt2"])
     folder = work / "onnx"
     write_onnx_bot(model, vocab, max_length, context, folder, int8=True)

@@ -22,12 +22,21 @@ def _note_ctrl_c(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+INTERRUPTED = "error: interrupted; files already written are intact"
+
+
+def exit_interrupted() -> None:
+    """Say the interruption in its line and leave at once, as SIGINT would (status 130), even
+    while other threads work (a model loading in serve.py's decoding thread)."""
+    print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def _interrupted_in_one_line(kind, value, traceback) -> None:
     if issubclass(kind, KeyboardInterrupt) or _interrupted:
-        print("\nerror: interrupted; files already written are intact", file=sys.stderr)
         if not issubclass(kind, KeyboardInterrupt):
-            sys.stderr.flush()
-            os._exit(130)
+            exit_interrupted()
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
         return  # Python then exits as SIGINT would (status 130 in a shell)
     sys.__excepthook__(kind, value, traceback)
 

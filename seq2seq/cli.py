@@ -156,7 +156,7 @@ RERANK_FLAGS = tuple(MMI_DEFAULTS)
 
 
 def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rerank: str = "none") -> None:
-    """How replies are generated (chat.py and evaluate.py), the default --precision and --rerank
+    """How replies are generated (chat.py, evaluate.py, serve.py), the default --precision and --rerank
     (chat.py's "auto": MMI when a backward model is there). The defaults are DecodeSettings'
     own, and decoding.MMI_DEFAULTS' when reranking; --max-length has none (the checkpoint's is
     the default)."""

@@ -12,15 +12,16 @@ flow. A batch of one needs no padding, so no packed sequences are involved. Repl
 seq2seq.decoding's greedy search exactly: PAD, SOS and UNK are never produced, EOS not first.
 
 TorchScript is deprecated in PyTorch 2.x in favour of torch.export; `export_parts` writes the two
-parts as torch.export programs (.pt2) instead, for runtimes that take those, and `compile_parts`
-compiles them ahead of time with AOTInductor. onnx_export.py writes them as ONNX graphs, for a
+parts as torch.export programs (.pt2) instead, for runtimes that take those, or compiled ahead of
+time with AOTInductor. onnx_export.py writes them as ONNX graphs, for a
 bot without PyTorch.
 """
 
 import importlib
 import os
-import tempfile
+import shutil
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Dict, List  # noqa: UP035 (TorchScript, see Bot.__init__)
 
@@ -29,7 +30,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cli import first_line
-from .files import atomic_path
 from .model import Seq2Seq
 from .vocab import EOS, NO_CONTEXT, PAD, SOS, UNK, Context, Vocabulary
 
@@ -323,18 +323,12 @@ def build_bot(
     return torch.jit.script(Bot(encoder, step, vocab, max_length, context).eval())
 
 
-def export_parts(
-    model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Path, context: Context = NO_CONTEXT
-) -> Bot:
-    """torch.export programs of the encoder and the decoder step, saved beside `output` as
-    NAME.encoder.pt2 and NAME.step.pt2; returns a (Python) Bot running the reloaded programs.
-
-    The source length is a dynamic dimension (2 tokens to the longest query and context, EOS
-    included), so no padding, mask or packed sequence is needed for a batch of one. Plain
-    torch.export specialises nn.GRU's length to the example's; torch 2.13's
-    `register_gru_while_loop_decomposition` (a private API, hence the check) writes the
-    recurrence as a while_loop instead, which keeps it dynamic.
-    """
+def _programs(model: Seq2Seq, vocab: Vocabulary, max_length: int, context: Context) -> dict:
+    """torch.export programs of the encoder and the decoder step, the source length a dynamic
+    dimension (2 tokens to the longest source, `Context.longest_source`), so no padding, mask or
+    packed sequence is needed for a batch of one. Plain torch.export specialises nn.GRU's length
+    to the example's; torch 2.13's `register_gru_while_loop_decomposition` (a private API, hence
+    the check) writes the recurrence as a while_loop instead, which keeps it dynamic."""
     try:
         gru_loop = importlib.import_module("torch.export._patches").register_gru_while_loop_decomposition
     except (ImportError, AttributeError):
@@ -344,8 +338,7 @@ def export_parts(
                           f"(torch.export._patches.register_gru_while_loop_decomposition); this is {torch.__version__}")  # fmt: skip
     encoder, step = _parts(model, int8=False)
     ids, (token,) = _examples(len(vocab))
-    longest = max_length + (context.tokens if context.turns else 0)
-    length = torch.export.Dim("length", min=2, max=max(2, longest))
+    length = torch.export.Dim("length", min=2, max=max(2, context.longest_source(max_length)))
     with torch.no_grad():
         keys, values, state = encoder(ids)
     attempts = {
@@ -364,31 +357,53 @@ def export_parts(
         raise ExportError(
             "; ".join(failures) + (f" ({', '.join(exported)} exported fine)" if exported else "")
         )
-    loaded = {}
-    for name, program in programs.items():
-        path = output.with_suffix(f".{name}.pt2")
-        with atomic_path(path) as tmp, open(tmp, "wb") as file:  # a file: torch warns of names not .pt2
-            torch.export.save(program, file)
-        loaded[name] = torch.export.load(str(path)).module()
-    return Bot(loaded["encoder"], loaded["step"], vocab, max_length, context)
+    return programs
 
 
-def compile_parts(
-    model: Seq2Seq, vocab: Vocabulary, max_length: int, output: Path, context: Context = NO_CONTEXT
+def export_parts(
+    model: Seq2Seq,
+    vocab: Vocabulary,
+    max_length: int,
+    output: Path,
+    context: Context = NO_CONTEXT,
+    check: Callable[[Bot], None] | None = None,
+    compiled: bool = False,
 ) -> Bot:
-    """export_parts' programs compiled ahead of time by AOTInductor into shared libraries,
-    packaged beside `output` as NAME.encoder.pt2 and NAME.step.pt2 (a C++ compiler is needed to
-    export, torch to load them); returns a (Python) Bot running the loaded packages. On this
-    repository's CPU their replies came faster than eager PyTorch's (README, Export)."""
-    export_parts(model, vocab, max_length, output, context)  # the programs, replaced below
-    runners = []
-    for name in ("encoder", "step"):
-        path = output.with_suffix(f".{name}.pt2")
-        program = torch.export.load(str(path))
-        with tempfile.TemporaryDirectory(dir=path.parent) as folder:  # AOTInductor wants a name ending .pt2
-            package = torch._inductor.aoti_compile_and_package(program, package_path=f"{folder}/{name}.pt2")
-            with open(package, "rb+") as file:
+    """torch.export programs of the encoder and the decoder step (`_programs`), saved beside
+    `output` as NAME.encoder.pt2 and NAME.step.pt2; with `compiled`, AOTInductor's packages of
+    them instead (shared libraries: a C++ compiler is needed to export, torch to load them).
+    Returns a (Python) Bot running what was written. Both files are written and loaded in a
+    folder beside `output` and moved into place only once `check` passes on that Bot, so a
+    failed or refused export leaves what was there."""
+    compiler = os.environ.get("CXX") or "g++"
+    if compiled and shutil.which(compiler) is None:
+        raise ExportError(
+            f"AOTInductor compiles C++, and there is no {compiler} here: install g++ (or set CXX)"
+        )
+    programs = _programs(model, vocab, max_length, context)
+    staging = output.parent / f".{output.name}.{os.getpid()}.tmp"  # files.remove_stale_temporaries' kind
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        loaded = {}
+        for name, program in programs.items():
+            path = (
+                staging / f"{name}.pt2"
+            )  # AOTInductor wants a name ending .pt2; torch.export warns otherwise
+            if compiled:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+                loaded[name] = torch._inductor.aoti_load_package(str(path))
+            else:
+                with open(path, "wb") as file:
+                    torch.export.save(program, file)
+                loaded[name] = torch.export.load(str(path)).module()
+        bot = Bot(loaded["encoder"], loaded["step"], vocab, max_length, context)
+        if check is not None:
+            check(bot)
+        for name in programs:
+            with open(staging / f"{name}.pt2", "rb+") as file:
                 os.fsync(file.fileno())
-            os.replace(package, path)
-        runners.append(torch._inductor.aoti_load_package(str(path)))
-    return Bot(*runners, vocab, max_length, context)
+            os.replace(staging / f"{name}.pt2", output.with_suffix(f".{name}.pt2"))
+        return bot
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

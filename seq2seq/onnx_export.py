@@ -299,8 +299,7 @@ def bot_config(vocab: Vocabulary, max_length: int, context: Context) -> dict:
             "max_length": max_length, "query_words": words_within(max_length), "min_length": greedy.min_length,
             "length_penalty": greedy.length_penalty, "never_generated": list(NEVER_GENERATED),
             "context_turns": context.turns, "context_tokens": context.tokens,
-            # the longest source: its query and EOS, its earlier turns (EOS each) within their budget
-            "int8_source_length": max_length + (context.tokens if context.turns else 0)}  # fmt: skip
+            "int8_source_length": context.longest_source(max_length)}  # fmt: skip
 
 
 def onnxruntime_web(dist: str | Path = ORT_WEB) -> Path:

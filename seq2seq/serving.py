@@ -29,7 +29,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
-from torch import Tensor
 
 from .chatbot import Chatbot
 from .cli import first_line
@@ -99,7 +98,7 @@ class ChatRequest:
     settings: DecodeSettings
     n: int  # choices asked for
     rows: int  # decoding rows: n for sampling (a draw each), else 1 (beam search gives n)
-    noise: Tensor | None  # (rows, max_length) sampling draws
+    seed: int | None  # of the sampling draws (decoding.sampling_noise), when the request samples
     prompt_tokens: int
     stream: bool = False
     include_usage: bool = False
@@ -309,9 +308,6 @@ def read_request(payload: dict, bot: Chatbot, model_name: str, limits: Limits) -
     except DecodingError as error:
         raise ApiError(400, f"These parameters cannot decode: {error}.") from None
     seed = _number(payload, "seed", *SEED_RANGE, integer=True)
-    noise = None
-    if settings.method == "sample":
-        noise = sampling_noise(rows, settings.max_length, seeded(seed))
     stream = _flag(payload, "stream")
     options = payload.get("stream_options")
     include_usage = False
@@ -322,7 +318,7 @@ def read_request(payload: dict, bot: Chatbot, model_name: str, limits: Limits) -
             raise _wrong_type("stream_options", "an object", options)
         include_usage = _flag(options, "include_usage")
     ids = bot.context.source_ids(bot.vocab, source, words_within(bot.settings.max_length))
-    return ChatRequest(source, settings, n, rows, noise, len(ids), stream, include_usage,
+    return ChatRequest(source, settings, n, rows, seed, len(ids), stream, include_usage,
                        _stop_sequences(payload, limits), notes, max_tokens)  # fmt: skip
 
 
@@ -335,13 +331,16 @@ class Choice:
 
 
 def answer(
-    bot: Chatbot, sources: list[str], settings: DecodeSettings, noises: list[Tensor] | None
+    bot: Chatbot, sources: list[str], settings: DecodeSettings, draws: list[tuple[int, int | None]]
 ) -> list[list[Choice]]:
     """Each source's replies (the n-best list of a beam search, else one), decoded as one batch
-    with its requests' sampling noise (or None). Queries are cut as the bot reads them, whatever
-    max_length the settings give replies."""
+    with its requests' sampling draws (their rows and seeds, in order): each request's noise comes
+    from its own generator, so its reply does not depend on its batch. Queries are cut as the bot
+    reads them, whatever max_length the settings give replies."""
     src, lengths = encode_queries(bot.vocab, sources, bot.settings.max_length, bot.device, bot.context)
-    noise = None if noises is None else torch.cat(noises)
+    noise = None
+    if settings.method == "sample":
+        noise = torch.cat([sampling_noise(rows, settings.max_length, seeded(seed)) for rows, seed in draws])
     replies = decode(bot.model, src, lengths, settings, bot.backward, noise)
     out = []
     for row in replies.tokens.cpu().tolist():
@@ -357,7 +356,7 @@ class Job:
 
     sources: list[str]
     settings: DecodeSettings
-    noise: Tensor | None
+    seed: int | None
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
     abandoned: bool = False  # timed out: nobody waits for the result
@@ -373,10 +372,10 @@ class Batcher:
     after each batch. At most `max_queue` jobs wait; beyond, a request is refused (503).
 
     `executor` is the one thread that runs torch (`decode_thread`); `run` gets each batch's
-    sources, settings and its jobs' sampling noise (or None).
+    sources, settings and its jobs' rows and seeds (`answer`).
     """
 
-    def __init__(self, run: Callable[[list[str], DecodeSettings, list[Tensor] | None], list], max_batch: int,
+    def __init__(self, run: Callable[[list[str], DecodeSettings, list[tuple[int, int | None]]], list], max_batch: int,
                  max_wait: float, max_queue: int, executor: ThreadPoolExecutor | None = None):  # fmt: skip
         self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait, max_queue
         self.pending: deque[Job] = deque()
@@ -390,7 +389,7 @@ class Batcher:
         if len(self.pending) >= self.max_queue:
             raise ApiError(503, f"The server is busy: {self.max_queue} requests are waiting. Retry shortly.",
                            code="server_busy", kind="server_error", headers={"Retry-After": "1"})  # fmt: skip
-        job = Job([request.source] * request.rows, request.settings, request.noise,
+        job = Job([request.source] * request.rows, request.settings, request.seed,
                   asyncio.get_running_loop().create_future())  # fmt: skip
         self.pending.append(job)
         self.arrival.set()
@@ -435,10 +434,10 @@ class Batcher:
             if not jobs:
                 continue
             sources = [s for job in jobs for s in job.sources]
-            noise = None if jobs[0].noise is None else [job.noise for job in jobs]
+            draws = [(len(job.sources), job.seed) for job in jobs]
             try:
                 choices = await loop.run_in_executor(
-                    self.executor, self.run, sources, jobs[0].settings, noise
+                    self.executor, self.run, sources, jobs[0].settings, draws
                 )
             except Exception as error:  # a fault of this batch: each of its requests says so
                 for job in jobs:

@@ -72,6 +72,11 @@ class Context:
             room -= len(words) + 1
         return kept[::-1]
 
+    def longest_source(self, max_length: int) -> int:
+        """Tokens in the longest source of a model trained with --max-length `max_length`: its
+        query and EOS, and its earlier turns (EOS each) within their budget."""
+        return max_length + (self.tokens if self.turns else 0)
+
     def source_ids(self, vocab: Vocabulary, source: str, query_words: int | None = None) -> list[int]:
         """Ids of a source: its context as `cut` keeps it, each turn closed by EOS, then its query
         (its first `query_words` words, if given) and EOS."""

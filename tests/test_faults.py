@@ -95,6 +95,26 @@ def test_ctrl_c_while_a_script_starts_is_one_line(script, tmp_path):
     assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
 
 
+def test_ctrl_c_while_another_thread_works_is_one_line_at_once(tmp_path):
+    script = tmp_path / "busy.py"  # serve.py's case: the model loads in the thread that decodes
+    script.write_text(
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import time, seq2seq\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "work = ThreadPoolExecutor(1).submit(time.sleep, 60)\n"
+        "print('ready', flush=True)\n"
+        "try:\n    work.result()\nexcept KeyboardInterrupt:\n    seq2seq.exit_interrupted()\n"
+    )  # fmt: skip
+    process = subprocess.Popen([sys.executable, str(script), str(ROOT)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    assert process.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and time.monotonic() - started < 10  # not after the sleep
+    assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
+
+
 def test_an_error_is_told_in_its_first_line_or_by_its_type():
     from seq2seq.cli import first_line
 

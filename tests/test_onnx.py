@@ -61,13 +61,13 @@ def test_the_encoder_reads_a_batch_of_different_lengths_as_eager_does(tmp_path):
     assert np.array_equal(np.isneginf(got["attention_bias"]), ~memory.mask.numpy())
 
 
-@pytest.mark.parametrize("attn, encoder_layers, decoder_layers", ARCHITECTURES[1:3])
+@pytest.mark.parametrize("attn, encoder_layers, decoder_layers", ARCHITECTURES)
 def test_the_unrolled_encoder_of_the_int8_graphs_equals_eager(attn, encoder_layers, decoder_layers):
     import onnxruntime
 
     from seq2seq.onnx_export import encoder_graph
 
-    model, vocab = tiny_model(attn, encoder_layers, decoder_layers)
+    model, vocab = tiny_model(attn, encoder_layers, decoder_layers, tie=attn == "dot")
     sources = [normalize(s) for s in random_sentences(vocab.index_to_word[4:], 5, seed=3, max_words=9)]
     src, lengths = encode_queries(vocab, sources, 10, torch.device("cpu"))
     padded = torch.nn.functional.pad(src, (0, 12 - src.size(1)))  # the graph is unrolled over 12 positions
@@ -157,6 +157,17 @@ def test_torch_export_keeps_the_length_dynamic(trained_checkpoint, tmp_path):
     for length in (2, 5, 9):
         keys, values, state = encoder(torch.randint(4, 20, (1, length)))
         assert keys.shape[1] == values.shape[1] == length
+
+
+def test_aotinductor_without_a_compiler_is_one_line_and_writes_nothing(trained_checkpoint, tmp_path):
+    result = run_script("convert_to_torchscript.py", "--model-path", str(trained_checkpoint), "--method", "aoti",
+                        "--prompts", "3", cwd=tmp_path, env={**ENV, "CXX": "/nowhere/g++"})  # fmt: skip
+    assert (
+        result.returncode == 1
+        and "install g++ (or set CXX)" in result.stderr
+        and result.stderr.count("\n") == 1
+    )
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
 
 
 def test_aotinductor_packages_answer_as_eager(trained_checkpoint, tmp_path):

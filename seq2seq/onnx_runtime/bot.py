@@ -68,8 +68,6 @@ class Bot:
         if not isinstance(self.never, list) or not all(type(i) is int and i >= 0 for i in self.never):
             raise ValueError("bot.json: never_generated must list token ids")
         self.context = Context(_setting(config, "context_turns", 0), _setting(config, "context_tokens", 1))
-        # the int8 encoder is unrolled over the longest source: ids are padded to it
-        self.source_length = _setting(config, "int8_source_length", 1) if int8 else 0
         self.beam_size = beam_size
         self.history: list[str] = []
         options = onnxruntime.SessionOptions()
@@ -85,9 +83,10 @@ class Bot:
             )
             for part in ("encoder", "step")
         )
-        if self.step.get_outputs()[0].shape[1] != len(self.vocab) or max(self.never, default=0) >= len(
-            self.vocab
-        ):
+        length = self.encoder.get_inputs()[0].shape[1]  # the int8 encoder's, unrolled: ids are padded to it
+        self.source_length = length if isinstance(length, int) else 0
+        words = len(self.vocab)
+        if self.step.get_outputs()[0].shape[1] != words or max(self.never, default=0) >= words:
             raise ValueError(f"bot.json's {len(self.vocab)} words do not match step.onnx's outputs")
 
     def encode(self, sources: list[str]) -> dict[str, np.ndarray]:

@@ -14,7 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot import Bot
+try:
+    from bot import Bot
+except ImportError as missing:  # onnxruntime or numpy: all the bot needs
+    print(f"error: {missing.name} is not installed here: pip install onnxruntime numpy", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def main() -> None:

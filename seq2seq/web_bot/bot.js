@@ -183,7 +183,7 @@ async function send(text) {
   }
 }
 
-view.onMessage(send, () => busy);
+view.onMessage(send, () => busy || !bot); // typed before the model is in: the text waits in the box
 $("new").addEventListener("click", () => {
   generation += 1;
   if (bot) bot.reset();
