@@ -16,9 +16,16 @@ _interrupted = False
 def _note_ctrl_c(signum, frame) -> None:
     """Python's own Ctrl-C handler, which also remembers that it ran: a Ctrl-C in the middle of
     an extension module's import can surface as another error (numpy: "cannot load module more
-    than once per process"), and that error is the interruption too."""
+    than once per process"), and that error is the interruption too. In the middle of an import
+    it leaves at once instead: raised inside the C++ that runs torch's imports, the interruption
+    aborted the process ("terminate called after throwing ... KeyboardInterrupt", 1 start in 8
+    to 30), and an import writes nothing."""
     global _interrupted
     _interrupted = True
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            exit_interrupted()
+        frame = frame.f_back
     raise KeyboardInterrupt
 
 
