@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import evaluate  # noqa: E402
+from seq2seq import evaluation  # noqa: E402
 from seq2seq.checkpoint import CheckpointError, load_checkpoint, saved_flags  # noqa: E402
 from seq2seq.cli import ArgumentParser, fail, positive_float, positive_int  # noqa: E402
 from seq2seq.devices import PRECISIONS  # noqa: E402
@@ -123,7 +123,7 @@ def score_run(record: dict, args) -> dict:
     folder = Path(args.out) / record["name"]
     checkpoint = load_checkpoint(folder / "last.pth")
     test_data = ROOT / saved_flags(checkpoint)["data_dir"] / "test.txt"  # train.py ran in ROOT
-    eval_args = evaluate.make_parser().parse_args(
+    eval_args = evaluation.make_parser().parse_args(
         [
             "--model-path",
             str(folder / "best_model.pth"),
@@ -141,7 +141,7 @@ def score_run(record: dict, args) -> dict:
         "best_val_loss": checkpoint["best_val_loss"],
         "best_iteration": checkpoint["best_iteration"],
         "iterations": checkpoint["iteration"],
-        "test": evaluate.evaluate(eval_args),
+        "test": evaluation.evaluate(eval_args),
     }
 
 

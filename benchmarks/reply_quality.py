@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluate import cut_queries, generate  # noqa: E402
 from seq2seq.checkpoint import CheckpointError, load_backward, load_for_inference, trained_max_length  # noqa: E402
 from seq2seq.cli import ArgumentParser, fail, positive_int, probability  # noqa: E402
 from seq2seq.cornell import CorpusError, read_pairs  # noqa: E402
@@ -41,6 +40,7 @@ from seq2seq.decoding import (  # noqa: E402
     mmi_score,
 )
 from seq2seq.devices import DEVICES, DeviceError  # noqa: E402
+from seq2seq.evaluation import cut_queries, generate  # noqa: E402
 from seq2seq.files import write_text_atomic  # noqa: E402
 from seq2seq.metrics import generation_scores, most_frequent  # noqa: E402
 from seq2seq.vocab import detokenize, normalize, words_within  # noqa: E402

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import chat
-import evaluate
 import train
 from seq2seq import devices
 from seq2seq.checkpoint import load_checkpoint
+from seq2seq.evaluation import make_parser as make_evaluation_parser
 
 
 @pytest.mark.parametrize("native, chosen", [(True, "bf16"), (False, "fp32")])
@@ -46,4 +46,4 @@ def test_train_says_what_auto_chose_first_and_records_the_choice(pair_dir, tmp_p
 
 def test_chat_follows_the_hardware_and_evaluation_stays_in_fp32_by_default():
     assert chat.make_parser().parse_args([]).precision == "auto"
-    assert evaluate.make_parser().parse_args([]).precision == "fp32"
+    assert make_evaluation_parser().parse_args([]).precision == "fp32"

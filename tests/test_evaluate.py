@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import evaluate
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.cornell import write_pairs
+from seq2seq.evaluation import evaluate, format_report, make_parser
 from seq2seq.metrics import corpus_bleu, distinct_n, top_replies_share
 from seq2seq.model import Seq2Seq
 from seq2seq.vocab import Vocabulary
@@ -14,7 +14,7 @@ from tests.helpers import PAIRS, run_script, tiny_config
 
 
 def run(checkpoint: Path, test_file: Path, *flags: str) -> dict:
-    return evaluate.evaluate(evaluate.make_parser().parse_args(
+    return evaluate(make_parser().parse_args(
         ["--model-path", str(checkpoint), "--test-data", str(test_file), "--device", "cpu", *flags]
     ))  # fmt: skip
 
@@ -118,9 +118,7 @@ def test_mmi_reranking_and_the_greedy_top10_share(trained_checkpoint, backward_c
     assert r["backward_model"] == str(backward_checkpoint)
     assert r["bleu"] > 95 and r["greedy_top10"] == greedy["greedy_top10"]
     assert r["greedy_top10_share"] == pytest.approx(0.5)  # the same replies as greedy's, all distinct
-    assert "greedy top-10's share" in evaluate.format_report(
-        r
-    ) and "BLEU (beam + MMI)" in evaluate.format_report(r)
+    assert "greedy top-10's share" in format_report(r) and "BLEU (beam + MMI)" in format_report(r)
 
 
 def test_reranking_needs_beam_decoding_and_a_backward_model(trained_checkpoint, test_file, tmp_path):
