@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import chat
-from chat import Chat
+from seq2seq.chatbot import Chat, make_chat_parser
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.model import Seq2Seq
 from seq2seq.vocab import Vocabulary
@@ -187,19 +186,19 @@ def test_reranking_mistakes_are_one_line(trained_checkpoint, backward_checkpoint
 
 def test_mmi_and_nbest_commands(trained_checkpoint, backward_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    plain = Chat(chat.make_parser().parse_args(["--model-path", str(trained_checkpoint)]))
+    plain = Chat(make_chat_parser().parse_args(["--model-path", str(trained_checkpoint)]))
     assert plain.command("/mmi").startswith("/mmi: no backward model")
     args = ["--model-path", str(trained_checkpoint), "--backward-model", str(backward_checkpoint)]
-    off = Chat(chat.make_parser().parse_args([*args, "--rerank", "none"]))
+    off = Chat(make_chat_parser().parse_args([*args, "--rerank", "none"]))
     assert off.backward is None and off.command("/mmi").startswith(
         "/mmi: chat.py was started with --rerank none"
     )
-    sized = Chat(chat.make_parser().parse_args([*args, "--beam-size", "3", "--beam-groups", "3"]))
+    sized = Chat(make_chat_parser().parse_args([*args, "--beam-size", "3", "--beam-groups", "3"]))
     assert sized.settings.width == 3 and sized.settings.rerank == "mmi"  # the beam asked for, reranked
     assert sized.command("/greedy") == "decoding: greedy"  # groups only bind beam search
     assert sized.command("/nbest 4") == "decoding: greedy"
     assert sized.command("/beam 4").startswith("/beam: --beam-groups 3 does not divide the beam of 4")
-    bot = Chat(chat.make_parser().parse_args([*args, "--decoding", "greedy"]))
+    bot = Chat(make_chat_parser().parse_args([*args, "--decoding", "greedy"]))
     assert bot.settings.rerank == "none" and bot.settings.method == "greedy"
     assert bot.command("/mmi") == "decoding: beam search, 20 beams, reranked by MMI"
     assert bot.respond("how are you ?") == ("i'm fine.", [])

@@ -188,10 +188,10 @@ def test_hostile_lines_in_a_conversation_get_one_line_each(context_checkpoint, t
 def test_the_repl_shows_and_forgets_its_context(context_checkpoint):
     import argparse
 
-    import chat as chat_script
+    from seq2seq.chatbot import Chat, make_chat_parser
 
-    args = chat_script.make_parser().parse_args(["--model-path", str(context_checkpoint), "--rerank", "none"])
-    bot = chat_script.Chat(args)
+    args = make_chat_parser().parse_args(["--model-path", str(context_checkpoint), "--rerank", "none"])
+    bot = Chat(args)
     assert "no earlier turns yet" in bot.command("/context")
     assert bot.respond("I am SAD.")[0] == "ok."
     assert bot.command("/context").splitlines() == ["  you: i am sad.", "  bot: ok."]
@@ -201,7 +201,7 @@ def test_the_repl_shows_and_forgets_its_context(context_checkpoint):
     assert "no earlier turns yet" in bot.command("/context")
     assert bot.respond("why?")[0] == "because."
     assert bot.respond("")[0] == "" and bot.conversation.history == ["why ?", "because ."]  # nothing said
-    off = chat_script.Chat(argparse.Namespace(**{**vars(args), "no_context": True}))
+    off = Chat(argparse.Namespace(**{**vars(args), "no_context": True}))
     assert "--no-context" in off.command("/context")
 
 

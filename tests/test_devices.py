@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import chat
 import train
 from seq2seq import devices
+from seq2seq.chatbot import make_chat_parser
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.evaluation import make_parser as make_evaluation_parser
 
@@ -45,5 +45,5 @@ def test_train_says_what_auto_chose_first_and_records_the_choice(pair_dir, tmp_p
 
 
 def test_chat_follows_the_hardware_and_evaluation_stays_in_fp32_by_default():
-    assert chat.make_parser().parse_args([]).precision == "auto"
+    assert make_chat_parser().parse_args([]).precision == "auto"
     assert make_evaluation_parser().parse_args([]).precision == "fp32"
