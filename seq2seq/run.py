@@ -1,12 +1,13 @@
 """One training run, from train.py's flags to finished checkpoints: resolve, build, train.
 
-train.py and sweep.py both run this; config.py says in what order a run's values are resolved.
+train.py runs `main`, sweep.py `train`; config.py says in what order a run's values are resolved.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from . import config, distributed, kernels
 from .batching import Example, encode_pairs, iterate_batches
 from .checkpoint import (
+    CheckpointError,
     build_model,
     check_unchanged,
     load_checkpoint,
@@ -22,9 +24,10 @@ from .checkpoint import (
     resumed_flags,
     saved_flags,
 )
+from .cli import fail
 from .cornell import CorpusError, PairSettings, read_pairs
-from .devices import resolve_device, resolve_precision
-from .download import build_data, built_settings, read_stats
+from .devices import DeviceError, resolve_device, resolve_precision
+from .download import DataError, build_data, built_settings, read_stats
 from .files import FolderError, claimed_folder
 from .model import Seq2Seq
 from .tracking import WandbLogger
@@ -33,12 +36,43 @@ from .training import (
     TrainingError,
     TrainStep,
     make_optimizer,
+    perplexity,
     plot_losses,
     without_run_end_validation,
 )
 from .vocab import SPECIAL_TOKENS, Vocabulary, last_turn
 
 SAMPLE_QUERIES = 5  # validation queries whose replies W&B shows at each validation
+
+
+def main(argv: list[str] | None = None) -> None:
+    """train.py: a run from its flags, a failure in one line (exit 1, or DataError's code; 130 when
+    interrupted) and, on rank 0, the run's summary."""
+    started = time.perf_counter()
+    try:
+        flags, checkpoint = read_flags(argv)
+        trainer, reason = train(flags, checkpoint)
+    except DataError as error:
+        fail(str(error), error.code)
+    except (CheckpointError, CorpusError, DeviceError, FolderError, TrainingError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail(
+            "interrupted before training started, or a second Ctrl-C: checkpoints already written are intact",
+            130,
+        )
+    finally:
+        distributed.shutdown()
+    s, output = trainer.state, trainer.config["output"]
+    if not trainer.world.is_main:
+        raise SystemExit(130 if reason == "interrupted" else 0)
+    print(
+        f"{reason} at iteration {s.iteration} after {time.perf_counter() - started:.0f}s; best validation loss "
+        f"{s.best_val_loss:.4f} (perplexity {perplexity(s.best_val_loss):.2f}) at iteration {s.best_iteration}; "
+        f"checkpoints in {output['save_dir']}/" + (f"; plot {output['plot']}" if output["plot"] else "")
+    )
+    if reason == "interrupted":
+        raise SystemExit(130)
 
 
 def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:

@@ -50,10 +50,10 @@ def tiny_config(vocab_size: int, **overrides):
 
 
 def tiny_run(pair_dir: Path, save_dir: Path, *extra: str) -> None:
-    """train.py's main in this process: TINY_FLAGS on `pair_dir`, into `save_dir`."""
-    import train
+    """train.py's main (seq2seq.run.main) in this process: TINY_FLAGS on `pair_dir`, into `save_dir`."""
+    from seq2seq.run import main
 
-    train.main([*TINY_FLAGS, "--data-dir", str(pair_dir), "--save-dir", str(save_dir), *extra])
+    main([*TINY_FLAGS, "--data-dir", str(pair_dir), "--save-dir", str(save_dir), *extra])
 
 
 SEP = b" +++$+++ "

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import train
 from seq2seq import devices
 from seq2seq.chatbot import make_chat_parser
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.evaluation import make_parser as make_evaluation_parser
+from seq2seq.run import main as train_main
 
 
 @pytest.mark.parametrize("native, chosen", [(True, "bf16"), (False, "fp32")])
@@ -37,7 +37,7 @@ def test_the_gru_probe_sees_the_dtype_the_gru_really_runs_in():
 
 def test_train_says_what_auto_chose_first_and_records_the_choice(pair_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
-    train.main(["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4",
+    train_main(["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4",
                 "--iterations", "2", "--device", "cpu", "--data-dir", str(pair_dir), "--save-dir", str(tmp_path)])  # fmt: skip
     first = capsys.readouterr().err.splitlines()[0]
     assert first.startswith("cpu, fp32 (auto: this CPU has no native bf16")

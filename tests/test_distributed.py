@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
 from seq2seq.checkpoint import build_model, load_checkpoint
+from seq2seq.run import main as train_main
 from tests.helpers import ENV, ROOT
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -27,7 +27,7 @@ def test_two_ranks_step_like_one_process_with_their_combined_batch(pair_dir, tmp
                    "--save-dir", str(tmp_path / "two"))  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 ranks, batch 4 each" in two.stderr
-    train.main([*FLAGS, "--data-dir", str(pair_dir), "--batch-size", "8", "--iterations", "1",
+    train_main([*FLAGS, "--data-dir", str(pair_dir), "--batch-size", "8", "--iterations", "1",
                 "--save-dir", str(tmp_path / "one")])  # fmt: skip
     a, b = load_checkpoint(tmp_path / "two" / "last.pth"), load_checkpoint(tmp_path / "one" / "last.pth")
     assert a["history"]["train"][0][1] == pytest.approx(
@@ -51,7 +51,7 @@ def test_a_two_rank_checkpoint_loads_and_resumes_in_one_process(pair_dir, tmp_pa
     assert checkpoint["iteration"] == 3
     model, vocab = build_model(checkpoint)  # no DistributedDataParallel prefixes in the weights
     assert len(vocab) == model.config.vocab_size
-    train.main(
+    train_main(
         [
             "--resume",
             str(save / "last.pth"),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import train
 from seq2seq import config as run_config
+from seq2seq.run import main as train_main
 from tests.helpers import ROOT, run_script
 
 TINY = ["--hidden-size", "8", "--encoder-layers", "1", "--decoder-layers", "1", "--batch-size", "4",
@@ -46,8 +46,8 @@ def test_disabled_run_writes_nothing(pair_dir, tmp_path):
 
 
 def test_without_use_wandb_nothing_imports_it(pair_dir, tmp_path):
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import train; "
-            f"train.main({[*TINY, '--data-dir', str(pair_dir), '--iterations', '2', '--save-dir', str(tmp_path)]!r}); "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from seq2seq.run import main; "
+            f"main({[*TINY, '--data-dir', str(pair_dir), '--iterations', '2', '--save-dir', str(tmp_path)]!r}); "
             "print('wandb imported' if 'wandb' in sys.modules else 'no wandb')")  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True
@@ -158,7 +158,7 @@ def test_wandb_sample_replies_decode_with_the_runs_max_length(tmp_path, monkeypa
         "reply_batch",
         lambda m, v, q, settings, **kw: used.append(settings) or real(m, v, q, settings, **kw),
     )
-    train.main([*TINY, "--data-dir", str(tmp_path / "data"), "--iterations", "2", "--eval-every", "1",
+    train_main([*TINY, "--data-dir", str(tmp_path / "data"), "--iterations", "2", "--eval-every", "1",
                 "--use-wandb", "--save-dir", str(tmp_path / "run")])  # fmt: skip
     assert [s.max_length for s in used] == [14, 14]
     assert any("samples" in values for values in runs[0].logged)
