@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import PAIRS, overfit_context_model, overfit_tiny_model, write_corpus, write_pair_corpus
+from tests.helpers import (
+    CONTEXT,
+    PAIRS,
+    overfit_context_model,
+    overfit_tiny_model,
+    write_corpus,
+    write_pair_corpus,
+)
 
 # Tiny models gain nothing from a second thread, and OpenMP threads fighting over two cores can
 # slow a suite (or a training run beside it) many times over.
@@ -52,9 +59,6 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 def backward_checkpoint(tmp_path_factory) -> Path:
     """Its backward model, overfit_tiny_model(reverse=True), saved the same way."""
     return _save_tiny_model(tmp_path_factory.mktemp("backward"), reverse=True)
-
-
-CONTEXT = {"context_turns": 2, "context_length": 12}  # what context_checkpoint's model reads
 
 
 @pytest.fixture(scope="session")

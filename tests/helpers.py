@@ -1,8 +1,10 @@
-"""What tests share besides fixtures: synthetic corpora, tiny models and runs, running a root script."""
+"""What tests share besides fixtures: synthetic corpora, tiny models and runs, stand-in models for
+decoding, running a root script."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -11,6 +13,11 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from seq2seq.batching import Batch, collate
+from seq2seq.model import Memory, Seq2Seq
+from seq2seq.vocab import EOS
 
 ROOT = Path(__file__).resolve().parent.parent
 # One OpenMP thread for every script a test runs (see conftest.py).
@@ -219,6 +226,9 @@ CONTEXT_PAIRS = [
 ]
 
 
+CONTEXT = {"context_turns": 2, "context_length": 12}  # what conftest's context_checkpoint model reads
+
+
 def overfit_context_model(context):
     """A tiny model trained 300 steps on CONTEXT_PAIRS as `context` (vocab.Context) reads them:
     (model, vocabulary)."""
@@ -235,3 +245,53 @@ def overfit_context_model(context):
     for _ in range(300):
         step(batch, teacher_forcing=True)
     return model.eval(), vocab
+
+
+A, B, C = 4, 5, 6  # three ordinary words after the special tokens
+
+
+class MarkovModel(nn.Module):
+    """A stand-in model whose next-token distribution depends only on the previous token."""
+
+    def __init__(self, table: dict[int, dict[int, float]], vocab_size: int = 7):
+        super().__init__()
+        logp = torch.full((vocab_size, vocab_size), -30.0)
+        for previous, nexts in table.items():
+            for token, p in nexts.items():
+                logp[previous, token] = math.log(p)
+        self.register_buffer("logp", logp)
+
+    def encode(self, src, lengths):
+        n = src.size(0)
+        return Memory(
+            torch.zeros(n, 1, 1), torch.zeros(n, 1, 1), torch.ones(n, 1, dtype=torch.bool)
+        ), torch.zeros(1, n, 1)
+
+    def decoder(self, token, hidden, memory):
+        return self.logp[token], hidden, None
+
+
+def queries(n: int = 1) -> Batch:
+    """`n` copies of the one-word query A."""
+    return collate([([A, EOS], []) for _ in range(n)])
+
+
+def random_model(seed: int = 0) -> Seq2Seq:
+    """A tiny untrained model (two decoder layers, general attention) of 40 words, seeded."""
+    torch.manual_seed(seed)
+    return Seq2Seq(tiny_config(40, decoder_layers=2, attn_model="general")).eval()
+
+
+def random_queries(n: int = 5, seed: int = 0) -> Batch:
+    """`n` random queries of 1 to 7 ordinary words, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    return collate(
+        [
+            (
+                torch.randint(4, 40, (int(torch.randint(1, 8, (), generator=g)),), generator=g).tolist()
+                + [EOS],
+                [],
+            )
+            for _ in range(n)
+        ]
+    )

@@ -15,8 +15,7 @@ from seq2seq.cornell import CorpusError, PairSettings, conversation_pairs, make_
 from seq2seq.decoding import Conversation, DecodeSettings, last_turns, reply_batch
 from seq2seq.download import prepare_data
 from seq2seq.vocab import EOS, NO_CONTEXT, PAD, Context, Vocabulary, detokenize, join_turns
-from tests.conftest import CONTEXT
-from tests.helpers import CONTEXT_PAIRS, HOSTILE, run_script, tiny_run, write_corpus
+from tests.helpers import CONTEXT, CONTEXT_PAIRS, HOSTILE, run_script, tiny_run, write_corpus
 
 TALK = ["a", "b c", "d e f", None, "g", "h i", "j"]  # a conversation; None is an unusable line
 

@@ -2,59 +2,10 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from seq2seq.batching import collate
 from seq2seq.decoding import DecodeSettings, decode, sampling_noise
-from seq2seq.model import Memory, Seq2Seq
 from seq2seq.vocab import EOS, PAD, SOS
-from tests.helpers import tiny_config
-
-A, B, C = 4, 5, 6  # three ordinary words after the special tokens
-
-
-class MarkovModel(nn.Module):
-    """A stand-in model whose next-token distribution depends only on the previous token."""
-
-    def __init__(self, table: dict[int, dict[int, float]], vocab_size: int = 7):
-        super().__init__()
-        logp = torch.full((vocab_size, vocab_size), -30.0)
-        for previous, nexts in table.items():
-            for token, p in nexts.items():
-                logp[previous, token] = math.log(p)
-        self.register_buffer("logp", logp)
-
-    def encode(self, src, lengths):
-        n = src.size(0)
-        return Memory(
-            torch.zeros(n, 1, 1), torch.zeros(n, 1, 1), torch.ones(n, 1, dtype=torch.bool)
-        ), torch.zeros(1, n, 1)
-
-    def decoder(self, token, hidden, memory):
-        return self.logp[token], hidden, None
-
-
-def queries(n: int = 1):
-    return collate([([A, EOS], []) for _ in range(n)])
-
-
-def random_model(seed=0) -> Seq2Seq:
-    torch.manual_seed(seed)
-    return Seq2Seq(tiny_config(40, decoder_layers=2, attn_model="general")).eval()
-
-
-def random_queries(n=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return collate(
-        [
-            (
-                torch.randint(4, 40, (int(torch.randint(1, 8, (), generator=g)),), generator=g).tolist()
-                + [EOS],
-                [],
-            )
-            for _ in range(n)
-        ]
-    )
+from tests.helpers import A, B, C, MarkovModel, queries, random_model, random_queries
 
 
 def run(model, batch, seed=None, **settings):

@@ -21,8 +21,7 @@ from seq2seq.decoding import (
 )
 from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.vocab import EOS, PAD, SOS
-from tests.helpers import tiny_config
-from tests.test_decoding import A, B, C, MarkovModel, queries, random_model, random_queries
+from tests.helpers import A, B, C, MarkovModel, queries, random_model, random_queries, tiny_config
 
 
 class FirstWordBackward(nn.Module):
