@@ -14,7 +14,7 @@ from seq2seq.decoding import DecodeSettings, reply_batch
 from seq2seq.export import build_bot
 from seq2seq.model import Seq2Seq
 from seq2seq.vocab import Vocabulary, detokenize, normalize, random_sentences
-from tests.helpers import HOSTILE, PAIRS, run_script, tiny_config
+from tests.helpers import ENV, HOSTILE, PAIRS, ROOT, run_script, tiny_config
 
 QUERIES = [q for q, _ in PAIRS] + ["who are you bob ?", "where do you like ?", "hello hello hello"]
 
@@ -133,22 +133,17 @@ def test_building_the_bot_warns_of_nothing_in_its_own_code(model_and_vocab, meth
     assert not ours, ours[0].message
 
 
-def test_an_export_that_would_not_fit_on_the_disk_is_refused_before_writing(
-    trained_checkpoint, tmp_path, monkeypatch, capsys
-):
-    import shutil
-
-    import convert_to_torchscript
-
+def test_an_export_that_would_not_fit_on_the_disk_is_refused_before_writing(trained_checkpoint, tmp_path):
     stale = tmp_path / ".bot.pt.4194000.tmp"  # left by a killed export
     stale.write_bytes(b"partial")
-    usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
-    monkeypatch.setattr(sys, "argv", ["convert_to_torchscript.py", "--model-path", str(trained_checkpoint),
-                                      "--prompts", "3", "--output-path", str(tmp_path / "bot.pt")])  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        convert_to_torchscript.main()
-    assert exit_info.value.code == 1 and not (tmp_path / "bot.pt").exists() and not stale.exists()
-    assert (
-        capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: not enough space in {tmp_path}/")
+    argv = ["convert_to_torchscript.py", "--model-path", str(trained_checkpoint), "--prompts", "3",
+            "--output-path", str(tmp_path / "bot.pt")]  # fmt: skip
+    # the script run as python runs it, on a disk with 1,000 bytes free
+    code = (f"import runpy, shutil, sys; sys.argv = {argv!r}; sys.path.insert(0, {str(ROOT)!r}); "
+            "usage = shutil.disk_usage; shutil.disk_usage = lambda path: usage(path)._replace(free=1000); "
+            f"runpy.run_path({str(ROOT / 'convert_to_torchscript.py')!r}, run_name='__main__')")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True
     )
+    assert result.returncode == 1 and not (tmp_path / "bot.pt").exists() and not stale.exists()
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: not enough space in {tmp_path}/")
