@@ -157,9 +157,9 @@ RERANK_FLAGS = tuple(MMI_DEFAULTS)
 
 def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rerank: str = "none") -> None:
     """How replies are generated (chat.py, evaluate.py, serve.py), the default --precision and --rerank
-    (chat.py's "auto": MMI when a backward model is there). The defaults are DecodeSettings'
-    own, and decoding.MMI_DEFAULTS' when reranking; --max-length has none (the checkpoint's is
-    the default)."""
+    (chat.py's "auto": MMI when a backward model is there, a choice only where it is the default).
+    The defaults are DecodeSettings' own, and decoding.MMI_DEFAULTS' when reranking; --max-length
+    has none (the checkpoint's is the default)."""
     d = DecodeSettings()
     parser.add_argument("--decoding", choices=METHODS,
                         help="how replies are chosen (default: beam when reranking, else greedy)")  # fmt: skip
@@ -171,11 +171,14 @@ def add_decoding_arguments(parser: ArgumentParser, precision: str = "auto", rera
                         help="diverse beam search: groups the beam is split into (1: plain beam search)")  # fmt: skip
     parser.add_argument("--diversity-strength", type=non_negative_float, default=d.diversity_strength,
                         help="diverse beam search: a word's cost for each earlier group that chose it at that step")  # fmt: skip
-    choices = ("auto", *RERANKERS) if rerank == "auto" else RERANKERS
-    parser.add_argument("--rerank", choices=choices, default=rerank,
-                        help="mmi: reorder the beam's hypotheses by (1 - lambda) log p(reply | query) + lambda log "
-                        "p(query | reply) + gamma |reply| with a backward model (train.py --reverse); auto: mmi when "
-                        "a backward model is given or there and the decoding is beam search")  # fmt: skip
+    rerank_help = ("mmi: reorder the beam's hypotheses by (1 - lambda) log p(reply | query) + lambda log "
+                   "p(query | reply) + gamma |reply| with a backward model (train.py --reverse); none: as the search "
+                   "ranks them")  # fmt: skip
+    choices = RERANKERS
+    if rerank == "auto":  # not evaluate.py's: it reranks only when asked
+        choices = ("auto", *RERANKERS)
+        rerank_help += "; auto: mmi when a backward model is given or there and the decoding is beam search"
+    parser.add_argument("--rerank", choices=choices, default=rerank, help=rerank_help)
     parser.add_argument("--backward-model", metavar="PATH",
                         help=f"the backward model for --rerank mmi (default: {BACKWARD_MODEL})")  # fmt: skip
     parser.add_argument("--n-best", type=positive_int,

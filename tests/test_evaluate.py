@@ -1,9 +1,11 @@
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from seq2seq.chatbot import make_chat_parser
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.cornell import write_pairs
 from seq2seq.evaluation import evaluate, format_report, make_parser
@@ -132,3 +134,14 @@ def test_reranking_needs_beam_decoding_and_a_backward_model(trained_checkpoint, 
     greedy = run_script("evaluate.py", "--model-path", str(trained_checkpoint), "--test-data", str(test_file),
                         "--rerank", "mmi", "--backward-model", str(trained_checkpoint), cwd=tmp_path)  # fmt: skip
     assert greedy.returncode == 1 and "is a forward model" in greedy.stderr
+
+
+def test_rerank_offers_and_describes_auto_only_where_it_is_the_default():
+    def rerank(parser) -> argparse.Action:
+        [action] = [a for a in parser._actions if "--rerank" in a.option_strings]
+        return action
+
+    evaluation, chat = rerank(make_parser()), rerank(make_chat_parser())
+    assert evaluation.choices == ("none", "mmi") and evaluation.default == "none"
+    assert "auto" not in evaluation.help  # evaluate.py reranks only when asked
+    assert "auto" in chat.choices and chat.default == "auto" and "auto: mmi when" in chat.help
