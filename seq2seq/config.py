@@ -77,6 +77,8 @@ INVOCATION = dict(recipe=DEFAULT_RECIPE, epochs=None, data_dir=DATA_DIR, source=
                   save_dir="checkpoints", resume=None, device="auto", precision="auto", compile=False,
                   num_threads=None, use_wandb=False, wandb_project="chatbot-seq2seq", wandb_entity=None,
                   wandb_mode=None, plot=None)  # fmt: skip
+# What --plot without a path draws, in --save-dir with the run's checkpoints.
+PLOT_NAME = "training_loss.png"
 # Flags never taken from a checkpoint being resumed: this machine's and this invocation's, and
 # every path and data flag, so that a checkpoint (a file from anywhere) cannot steer what is
 # read, written, downloaded or rebuilt. A resumed run's pairs must match data/ instead
@@ -270,8 +272,9 @@ def make_parser(defaults: dict | None = None) -> ArgumentParser:
         choices=WANDB_MODES,
         help="default: online with an API key, else offline with a notice",
     )
-    p.add_argument("--plot", nargs="?", const="images/training_loss.png", metavar="PATH",
-                   help="draw train and validation loss to PATH (default images/training_loss.png)")  # fmt: skip
+    p.add_argument("--plot", nargs="?", const="", metavar="PATH",
+                   help=f"draw train and validation loss to PATH (--plot alone: {PLOT_NAME} in --save-dir; "
+                   "default: no plot)")  # fmt: skip
     if defaults is not None:
         p.set_defaults(**defaults)
     return p
@@ -315,11 +318,14 @@ def show_help(flags: dict) -> None:
 def layer(given: dict, saved: dict | None = None) -> dict:
     """Steps 1 to 3: every flag's value from the recipe, then `saved` (a resumed checkpoint's
     flags, whose recipe wins over the default), then `given`. Pair-cutting flags nobody set stay
-    None, for `pair_settings`."""
+    None, for `pair_settings`; --plot without a path becomes PLOT_NAME in --save-dir."""
     saved = saved or {}
     recipe = given.get("recipe", saved.get("recipe", DEFAULT_RECIPE))
     kept = {name: value for name, value in saved.items() if name not in NOT_RESUMED}
-    return {**INVOCATION, **RECIPES[recipe], **dict.fromkeys(PAIR_FLAGS), **kept, **given, "recipe": recipe}
+    flags = {**INVOCATION, **RECIPES[recipe], **dict.fromkeys(PAIR_FLAGS), **kept, **given, "recipe": recipe}
+    if flags["plot"] == "":  # --plot without a path
+        flags["plot"] = str(Path(flags["save_dir"]) / PLOT_NAME)
+    return flags
 
 
 def pair_settings(flags: dict) -> PairSettings:

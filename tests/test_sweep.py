@@ -34,6 +34,7 @@ def test_offline_run_writes_a_run_folder_without_an_api_key(pair_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no W&B API key found: logging offline" in result.stderr
+    assert (tmp_path / "checkpoints" / "training_loss.png").exists()  # --plot alone: in --save-dir
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
 
