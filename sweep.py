@@ -6,8 +6,9 @@
 
 Optuna's TPE sampler replaces W&B's Bayesian search; a Hyperband pruner fed with each trial's
 validation losses replaces W&B's hyperband early termination. The study lives in SQLite
-(sweeps.db) by default, so a killed sweep resumes where it stopped; any SQLAlchemy URL lets
-several machines share one study. Any other flag is a train.py flag, passed to every trial.
+(checkpoints/sweeps/sweeps.db, beside the plots) by default, so a killed sweep resumes where it
+stopped; any SQLAlchemy URL lets several machines share one study. Any other flag is a train.py
+flag, passed to every trial.
 """
 
 import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
@@ -35,6 +36,7 @@ from seq2seq.files import FolderError, pyplot, save_figure
 from seq2seq.training import TrainingError
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+OUTPUT = "checkpoints/sweeps"  # the default study database and plots, with the runs' other outputs
 
 
 SUPPORTED = ("log_uniform_values", "uniform", "int_uniform")
@@ -194,11 +196,11 @@ def main() -> None:
         "--timeout", type=non_negative_int, help="stop starting trials after this many seconds"
     )
     parser.add_argument(
-        "--storage", default="sqlite:///sweeps.db", help="SQLAlchemy URL of the study database"
+        "--storage", default=f"sqlite:///{OUTPUT}/sweeps.db", help="SQLAlchemy URL of the study database"
     )
     parser.add_argument("--study-name", help="default: chatbot-seq2seq-<config file name>")
     parser.add_argument("--use-wandb", action="store_true", help="log every trial to W&B (grouped by study)")
-    parser.add_argument("--images", default="images", help="folder for the two sweep plots")
+    parser.add_argument("--images", default=OUTPUT, help="folder for the two sweep plots")
     args, passed = parser.parse_known_args()
     config = read_config(args.config)
     run_config.parse([*fixed_flags(config), *passed])  # a bad train.py flag fails now, not in trial 0
@@ -207,6 +209,11 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if args.storage.startswith("sqlite:///"):  # SQLite makes the database file, not its folder
+        try:
+            Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            fail(f"cannot make the folder of {args.storage}: {error.strerror or error}")
     study = open_study(args.storage, study_name, direction)
     done = sum(t.state in FINISHED for t in study.trials)
     remaining = args.trials - done

@@ -72,12 +72,12 @@ def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
     config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
     config["parameters"]["batch_size"] = {"values": [4, 8]}  # the tiny corpus holds fewer than 64 pairs
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
-    flags = ["--config", str(tmp_path / "sweep.yaml"), "--images", str(tmp_path / "images"),
-             "--data-dir", str(pair_dir), *TINY, "--iterations", "4", "--save-every", "4"]  # fmt: skip
+    flags = ["--config", str(tmp_path / "sweep.yaml"), "--data-dir", str(pair_dir), *TINY, "--iterations", "4",
+             "--save-every", "4"]  # fmt: skip
     first = run("sweep.py", [*flags, "--trials", "1"], tmp_path)  # a sweep that stopped after one trial
     assert first.returncode == 0, first.stderr[-2000:]
     assert "best trial 0" in first.stdout
-    db = sqlite3.connect(tmp_path / "sweeps.db")
+    db = sqlite3.connect(tmp_path / "checkpoints" / "sweeps" / "sweeps.db")
     first_params = db.execute(
         "SELECT param_name, param_value FROM trial_params WHERE trial_id = 1"
     ).fetchall()
@@ -87,7 +87,7 @@ def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "1 trials finished, 2 to run" in second.stderr
     assert "trial 0:" not in second.stderr  # not repeated
-    db = sqlite3.connect(tmp_path / "sweeps.db")
+    db = sqlite3.connect(tmp_path / "checkpoints" / "sweeps" / "sweeps.db")
     states = [s for (s,) in db.execute("SELECT state FROM trials ORDER BY number")]
     assert states == ["COMPLETE"] * 3 or (len(states) == 3 and set(states) <= {"COMPLETE", "PRUNED"})
     assert (
@@ -96,8 +96,9 @@ def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
     )
     db.close()
     assert "parameter importances:" in second.stdout
-    for name in ("sweep_parallel_coordinates.png", "sweep_importance.png"):
-        assert (tmp_path / "images" / name).read_bytes()[:4] == b"\x89PNG"
+    for name in ("sweep_parallel_coordinates.png", "sweep_importance.png"):  # beside the study, by default
+        assert (tmp_path / "checkpoints" / "sweeps" / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "images").exists()
 
 
 def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):
@@ -106,7 +107,7 @@ def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     result = run("sweep.py", ["--config", str(tmp_path / "bad.yaml"), "--trials", "1"], tmp_path)
     assert result.returncode == 1 and "distribution normal" in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "sweeps.db").exists()
+    assert result.stderr.strip().count("\n") == 0 and not (tmp_path / "checkpoints").exists()
 
 
 def test_sweep_refuses_a_mistyped_train_flag(tmp_path):
