@@ -1,7 +1,8 @@
 """Profile a checkpoint with torch.profiler: each part's share of a training step or a reply.
 
     python profile.py                                  # best_model.pth, training and inference
-    python profile.py --mode train --steps 10 --trace-path traces/train.json --report profile.md
+    python profile.py --mode train --steps 10 --trace-path checkpoints/profile/train.json \\
+        --report checkpoints/profile/report.md
 
 This file shares its name with the standard library's `profile` module. Scripts run with the
 repository root first on sys.path, so `import profile` anywhere (cProfile does it, and
@@ -74,10 +75,13 @@ def main() -> None:
         help="pairs to feed, with their earlier turns for a context model (random ones when the file is missing)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="where to run")
-    p.add_argument("--trace-path", help="write a Chrome/Perfetto trace (JSON) of the last mode profiled here")
-    p.add_argument("--report", help="write the markdown report here (it is printed either way)")
+    p.add_argument("--trace-path",
+                   help="write a Chrome/Perfetto trace (JSON) of the last mode profiled here (default: none)")  # fmt: skip
+    p.add_argument("--report", help="also write the markdown report here (default: printed only)")
     p.add_argument("--with-stack", action="store_true", help="record Python stacks (slower; for the trace)")
-    p.add_argument("--plot", default="images/profile_breakdown.png", help="bar chart of the shares")
+    p.add_argument(
+        "--plot", default="checkpoints/profile/profile_breakdown.png", help="bar chart of the shares"
+    )
     args = p.parse_args()
     try:
         model, vocab, checkpoint = load_for_inference(args.model_path, args.device, "fp32")
