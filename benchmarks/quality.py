@@ -14,8 +14,9 @@ saves it) and counts as finished: its best checkpoint so far is what gets scored
 Each best_model.pth (chosen on validation loss) is then scored by evaluate.py's code on the test
 file: perplexity, and greedy replies' BLEU, distinct-1/2 and top-10 share. Prints the validation
 curve of every run, the best validation perplexity each run had reached by each minute of
-training, and the summary; draws the curves to images/quality_curves.png (by iteration) and
-images/time_to_quality.png (by minute).
+training, and the summary; draws the curves to OUT/quality_curves.png (by iteration) and
+OUT/time_to_quality.png (by minute), beside OUT/results.json (--plot and --time-plot put them
+elsewhere, such as the README's images/).
 """
 
 import fcntl
@@ -40,6 +41,7 @@ from seq2seq.files import pyplot, save_figure, write_text_atomic  # noqa: E402
 from seq2seq.training import perplexity  # noqa: E402
 
 RECIPE_RUNS = {name: f"--recipe {name}" for name in ("tutorial", "tuned")}
+CURVES, TIMES = "quality_curves.png", "time_to_quality.png"  # the charts' names in --out by default
 
 
 def parse_run(text: str) -> tuple[str, str]:
@@ -265,9 +267,9 @@ def main() -> None:
         "--every", type=positive_int, default=500, help="iterations between the curve table's rows"
     )
     p.add_argument("--samples", type=positive_int, default=8, help="test exchanges shown per run")
-    p.add_argument("--plot", default="images/quality_curves.png", help="where to draw the curves")
-    p.add_argument("--time-plot", default="images/time_to_quality.png",
-                   help="where to draw validation perplexity against training time")  # fmt: skip
+    p.add_argument("--plot", help=f"where to draw the curves (default: {CURVES} in --out)")
+    p.add_argument("--time-plot",
+                   help=f"where to draw validation perplexity against training time (default: {TIMES} in --out)")  # fmt: skip
     p.add_argument("--minute-step", type=positive_float, default=5.0,
                    help="minutes between the rows of the time-to-quality table")  # fmt: skip
     args = p.parse_args()
@@ -287,8 +289,9 @@ def main() -> None:
     except KeyboardInterrupt:
         fail("interrupted: runs resume from their last.pth on the next call", 130)
     write_text_atomic(Path(args.out) / "results.json", json.dumps(results, indent=1) + "\n")
-    plot_curves(results, args.plot)
-    plot_time(results, args.time_plot)
+    curves, times = args.plot or str(Path(args.out) / CURVES), args.time_plot or str(Path(args.out) / TIMES)
+    plot_curves(results, curves)
+    plot_time(results, times)
     print("validation loss (training loss is the mean since the previous row; ** marks the best)")
     print(curve_table(results, args.every))
     print("\nbest validation perplexity reached by each minute of training")
@@ -303,7 +306,7 @@ def main() -> None:
         print(f"\n> {source}\n  reference: {sample['reference']}")
         for r in results:
             print(f"  {r['name']}: {r['test']['samples'][i]['reply']}")
-    print(f"\ncurves: {args.plot} and {args.time_plot}; every figure: {args.out}/results.json")
+    print(f"\ncurves: {curves} and {times}; every figure: {args.out}/results.json")
 
 
 if __name__ == "__main__":

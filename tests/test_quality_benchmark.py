@@ -12,9 +12,9 @@ def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
     )
     command = ["benchmarks/quality.py", "--data-dir", str(pair_dir),
                "--out", str(tmp_path / "runs"), "--precision", "fp32", "--jobs", "2", "--every", "3",
-               "--samples", "2", "--plot", str(tmp_path / "curves.png"), "--time-plot", str(tmp_path / "time.png"),
-               "--run", f"base=--recipe tutorial {tiny}", "--run", f"tied=--recipe tuned {tiny} --patience 0"]  # fmt: skip
-    first = run_script(*command, timeout=300)
+               "--samples", "2", "--run", f"base=--recipe tutorial {tiny}", "--run", f"tied=--recipe tuned {tiny} --patience 0"]  # fmt: skip
+    charts = ["--plot", str(tmp_path / "curves.png"), "--time-plot", str(tmp_path / "time.png")]
+    first = run_script(*command, *charts, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "| iteration | base train | base val | tied train | tied val |" in first.stdout
     assert "| 6 |" in first.stdout and "best validation perplexity" in first.stdout
@@ -31,9 +31,11 @@ def test_quality_benchmark_trains_compares_and_reuses_runs(pair_dir, tmp_path):
     for lock in (tmp_path / "runs").glob("*/running.lock"):  # claims released
         with open(lock) as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    again = run_script(*command, timeout=300)
+    again = run_script(*command, timeout=300)  # the charts where they go by default
     assert again.returncode == 0 and "train.py" not in again.stderr  # nothing retrained
     assert again.stdout.split("curves:")[0] == first.stdout.split("curves:")[0]
+    for name in ("quality_curves.png", "time_to_quality.png"):  # beside results.json in --out
+        assert (tmp_path / "runs" / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_quality_benchmark_refuses_a_malformed_run(pair_dir, tmp_path):
