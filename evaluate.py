@@ -1,7 +1,7 @@
 """Measure a checkpoint on held-out pairs: loss, perplexity, token accuracy, and generated replies.
 
     python evaluate.py                                    # best_model.pth on data/test.txt, greedy
-    python evaluate.py --decoding beam --beam-size 5 --output-json results/beam.json
+    python evaluate.py --decoding beam --beam-size 5 --output-json checkpoints/beam.json
     python evaluate.py --rerank mmi --backward-model checkpoints/backward/best_model.pth
 
 What each figure means: seq2seq/evaluation.py.

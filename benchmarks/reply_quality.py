@@ -115,7 +115,11 @@ def main() -> None:
     p.add_argument(
         "--min-distinct-2", type=probability, default=0.15, help="the rule: the least distinct-2 allowed"
     )
-    p.add_argument("--output-json", metavar="PATH", help="also write the grid, the choice and the test table")
+    p.add_argument(
+        "--output-json",
+        metavar="PATH",
+        help="also write the grid, the choice and the test table (default: printed only)",
+    )
     args = p.parse_args()
     try:
         model, vocab, checkpoint = load_for_inference(args.model_path, args.device, args.precision)

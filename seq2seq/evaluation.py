@@ -62,7 +62,11 @@ def make_parser(description: str | None = None) -> ArgumentParser:
     p.add_argument("--no-context", action="store_true",
                    help="read each query alone, without the earlier turns a context model was trained with")  # fmt: skip
     p.add_argument("--samples", type=non_negative_int, default=5, help="sample exchanges to show")
-    p.add_argument("--output-json", metavar="PATH", help="also write every figure and the samples as JSON")
+    p.add_argument(
+        "--output-json",
+        metavar="PATH",
+        help="also write every figure and the samples as JSON (default: printed only)",
+    )
     return p
 
 
