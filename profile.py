@@ -55,7 +55,7 @@ def main() -> None:
     from seq2seq.checkpoint import CheckpointError, context, load_for_inference
     from seq2seq.cli import ArgumentParser, fail, positive_int
     from seq2seq.cornell import CorpusError, read_pairs
-    from seq2seq.devices import DeviceError
+    from seq2seq.devices import DeviceError, huge_pages_for_tensors
     from seq2seq.files import write_text_atomic
     from seq2seq.profiling import format_report, plot_breakdown, run_profile
     from seq2seq.vocab import random_sentences
@@ -83,6 +83,7 @@ def main() -> None:
         "--plot", default="checkpoints/profile/profile_breakdown.png", help="bar chart of the shares"
     )
     args = p.parse_args()
+    huge_pages_for_tensors()  # the step train.py runs, with its allocator
     try:
         model, vocab, checkpoint = load_for_inference(args.model_path, args.device, "fp32")
         if Path(args.data).exists():

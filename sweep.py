@@ -30,7 +30,7 @@ from seq2seq import run
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.cli import ArgumentParser, fail, first_line, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
-from seq2seq.devices import DeviceError
+from seq2seq.devices import DeviceError, huge_pages_for_tensors
 from seq2seq.download import DataError
 from seq2seq.files import FolderError, pyplot, save_figure
 from seq2seq.training import TrainingError
@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--use-wandb", action="store_true", help="log every trial to W&B (grouped by study)")
     parser.add_argument("--images", default=OUTPUT, help="folder for the two sweep plots")
     args, passed = parser.parse_known_args()
+    huge_pages_for_tensors()  # trials run in this process, as train.py runs
     config = read_config(args.config)
     run_config.parse([*fixed_flags(config), *passed])  # a bad train.py flag fails now, not in trial 0
     study_name = args.study_name or f"chatbot-seq2seq-{Path(args.config).stem}"

@@ -4,6 +4,8 @@
     python benchmarks/train_throughput.py --recipe tutorial
     python benchmarks/train_throughput.py --device cuda
     python benchmarks/train_throughput.py --parity-iterations 1000   # then fp32 against auto's choice
+    python benchmarks/train_throughput.py --skip-tutorial --skip-padded --breakdown   # where (e) goes
+    python benchmarks/train_throughput.py --skip-tutorial --skip-padded --hidden-size 1000
 
 Rows (the recipe's model, optimizer and batches; each row starts from the same weights):
   (a) a loop written like the PyTorch chatbot tutorial's, fp32: one decoder step per Python
@@ -14,7 +16,13 @@ Rows (the recipe's model, optimizer and batches; each row starts from the same w
       before the packed path);
   (d, e) the packed path train.py runs (TrainStep, Seq2Seq.token_losses), fp32 and bf16;
   (f) the packed path in bf16 on length-bucketed batches (--bucket-pool), other batches of the
-      same data.
+      same data;
+  (g, h) the floor of (d) and (e): only the matrix products their iterations run, with the same
+      shapes and dtypes, as plain torch.mm calls on contiguous operands into preallocated
+      outputs (recorded from real steps on the same batches). "vs its floor" is how far a path
+      is from doing nothing but its products.
+With --breakdown it then times (e)'s step op by op and prints, for each function of seq2seq/
+(and autograd's own backward of built-in ops), its matrix products and its other ops in ms.
 Rows run in interleaved rounds on the same batches, so a slow spell of a shared machine hits
 them all; each round first runs a few untimed iterations. Medians of the rounds are shown.
 oneDNN compiles a kernel for each new bf16 matrix shape, so bf16 rows are slower for the first
@@ -24,12 +32,14 @@ With --parity-iterations N it then trains the recipe N iterations in fp32 and in
 `--precision auto` chooses here (same seed, same batches) and compares their validation losses.
 """
 
+import collections
 import json
 import os
 import statistics
 import sys
 import time
 from argparse import Namespace
+from collections.abc import Callable
 from pathlib import Path
 
 # oneDNN keeps 1,024 compiled kernels by default, enough for one training run's bf16 shapes, but
@@ -39,6 +49,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,7 +57,7 @@ from seq2seq import config
 from seq2seq.batching import Batch, BatchSchedule, collate, encode_pairs, iterate_batches
 from seq2seq.cli import ArgumentParser, fail, non_negative_int, positive_int
 from seq2seq.cornell import read_pairs
-from seq2seq.devices import autocast, resolve_device, resolve_precision
+from seq2seq.devices import autocast, huge_pages_for_tensors, resolve_device, resolve_precision
 from seq2seq.download import built_settings, read_stats
 from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.training import TrainStep, make_optimizer, perplexity, teacher_forced_scores
@@ -91,6 +102,115 @@ def padded_step(model: Seq2Seq, optimizer, clip: float, precision: str, batch: B
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
+
+
+MATRIX_PRODUCTS = {torch.ops.aten.mm: (0, 1), torch.ops.aten.addmm: (1, 2), torch.ops.aten.addmm_: (1, 2),
+                   torch.ops.aten.bmm: (0, 1), torch.ops.aten.baddbmm: (1, 2)}  # op: its two factors  # fmt: skip
+
+
+class _Products(TorchDispatchMode):
+    """Records the (batch, m, k, n) and dtype of every matrix product run while it is active,
+    forward and backward (autograd hands its thread-local modes to the backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, int, int, int, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        factors = MATRIX_PRODUCTS.get(func.overloadpacket)
+        if factors is not None:
+            a, b = (args[i] for i in factors)
+            self.shapes.append(
+                (a.shape[0] if a.dim() == 3 else 1, a.shape[-2], a.shape[-1], b.shape[-1], a.dtype)
+            )
+        return func(*args, **(kwargs or {}))
+
+
+def product_replay(step, batches: list[Batch], device: torch.device) -> tuple[Callable[[Batch], None], float]:
+    """The floor of `step`: a stand-in that runs, for each of these batches, only the matrix
+    products `step` runs on it (recorded from a real step, forward and backward), with the same
+    shapes and dtypes, as torch.mm / torch.bmm on contiguous operands into preallocated outputs,
+    back to back; and their GFLOP per batch. Every shape's kernel is compiled before it returns.
+    A step's distance from its replay is everything that is not a matrix product."""
+    recorded = {}
+    for batch in batches:
+        with _Products() as products:
+            step(batch)
+        recorded[id(batch)] = products.shapes
+    operands = {}
+    for shape in {shape for shapes in recorded.values() for shape in shapes}:
+        b, m, k, n, dtype = shape
+        a, w, out = (torch.randn(b, *size, dtype=dtype, device=device) for size in ((m, k), (k, n), (m, n)))
+        operands[shape] = (a, w, out) if b > 1 else (a[0], w[0], out[0])
+
+    def replay(batch: Batch) -> None:
+        for shape in recorded[id(batch)]:
+            a, w, out = operands[shape]
+            (torch.bmm if a.dim() == 3 else torch.mm)(a, w, out=out)
+
+    for batch in batches:
+        replay(batch)
+    flops = sum(2 * b * m * k * n for shapes in recorded.values() for b, m, k, n, _ in shapes)
+    return replay, flops / len(batches) / 1e9
+
+
+class _OpTimes(TorchDispatchMode):
+    """Wall time of every op a step runs, by the repository function that called it (autograd's
+    own backward of built-in ops apart) and by whether the op is a matrix product."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[tuple[str, bool], float] = collections.defaultdict(float)
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        started = time.perf_counter()
+        result = func(*args, **(kwargs or {}))
+        self.ops += 1
+        self.seconds[_caller(sys._getframe(1)), func.overloadpacket in MATRIX_PRODUCTS] += (
+            time.perf_counter() - started
+        )
+        return result
+
+
+def _caller(frame) -> str:
+    while frame is not None:
+        if frame.f_code.co_name == "_engine_run_backward":
+            return "autograd: backward of built-in ops"
+        if (path := Path(frame.f_code.co_filename)).parent.name == "seq2seq":
+            return f"{path.stem}.{frame.f_code.co_qualname}"
+        frame = frame.f_back
+    return "elsewhere"
+
+
+def breakdown(step, batches: list[Batch], warmup: int) -> None:
+    """Where a step's time goes: each repository function's matrix products and other ops."""
+    for batch in batches[:warmup]:
+        step(batch)
+    timed = batches[warmup:]
+    started = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    plain = (time.perf_counter() - started) / len(timed)
+    with _OpTimes() as times:
+        for batch in timed:
+            step(batch)
+    parts: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for (part, product), seconds in times.seconds.items():
+        parts[part][0 if product else 1] += seconds * 1000 / len(timed)
+    ops = sum(map(sum, parts.values()))
+    count = times.ops / len(timed)
+    print(
+        f"\nWhere a step of row (e) goes, ms an iteration, over {len(timed)} iterations: {count:,.0f} ops "
+        f"an iteration, each timed under a dispatch mode, which adds its own cost to every op (the step ran "
+        f"{plain * 1000:.0f} ms an iteration without the mode, and its ops sum to {ops:.0f} ms with it):"
+    )
+    print("| part | matrix products | other ops | total |")
+    print("| --- | --- | --- | --- |")
+    for part, (product, other) in sorted(parts.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| {part} | {product:.1f} | {other:.1f} | {product + other:.1f} |")
+    products = sum(p for p, _ in parts.values())
+    print(f"| all ops | {products:.1f} | {ops - products:.1f} | {ops:.1f} |")
 
 
 def recipe_setup(data_dir: Path, recipe: str) -> tuple[Namespace, Vocabulary, list, list]:
@@ -164,6 +284,12 @@ def main() -> None:
     )
     parser.add_argument("--bucket-pool", type=positive_int, default=100, help="pool of batches for row (f)")
     parser.add_argument("--skip-tutorial", action="store_true", help="leave out row (a), the slowest")
+    parser.add_argument("--skip-padded", action="store_true", help="leave out rows (b) and (c)")
+    parser.add_argument("--hidden-size", type=positive_int, help="the model's width (default: the recipe's)")
+    parser.add_argument("--batch-size", type=positive_int, help="pairs a batch (default: the recipe's)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="then time row (e)'s step part by part, op by op"
+    )
     parser.add_argument(
         "--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)"
     )
@@ -171,11 +297,18 @@ def main() -> None:
         "--parity-iterations", type=positive_int, help="then train fp32 and auto's choice this long"
     )
     options = parser.parse_args()
+    huge_pages_for_tensors()  # as train.py runs
     if options.threads:
         torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     auto, why = resolve_precision("auto", device)
     args, vocab, examples, val = recipe_setup(options.data_dir, options.recipe)
+    args.hidden_size = options.hidden_size or args.hidden_size
+    args.batch_size = options.batch_size or args.batch_size
+    if len(examples) < args.batch_size:
+        fail(
+            f"{options.data_dir}/train.txt holds {len(examples):,} pairs, fewer than a batch of {args.batch_size}"
+        )
     n = options.warmup + options.iterations
     schedule = BatchSchedule(len(examples), args.batch_size, args.seed)
     lengths = [(len(s), len(t)) for s, t in examples]
@@ -185,11 +318,15 @@ def main() -> None:
     plain = [collate([examples[j] for j in schedule.indices(i)]).to(device) for i in range(n)]
     pooled = [collate([examples[j] for j in bucketed.indices(i)]).to(device) for i in range(n)]
 
-    def packed(precision: str):
+    def packed_step(precision: str) -> Callable[[Batch], object]:
         model = fresh_model(args, vocab, device)
         step = TrainStep(model, make_optimizer(model, args.optimizer, args.learning_rate, args.decoder_learning_ratio),
                          args.clip, precision, args.label_smoothing)  # fmt: skip
         return lambda batch: step(batch, teacher_forcing=True)
+
+    floors = {
+        precision: product_replay(packed_step(precision), plain, device) for precision in ("fp32", "bf16")
+    }
 
     def padded(precision: str):
         model = fresh_model(args, vocab, device)
@@ -204,13 +341,19 @@ def main() -> None:
         return lambda batch: tutorial_step(model, enc_opt, dec_opt, batch, args.clip)
 
     rows = {} if options.skip_tutorial else {"(a) tutorial-style loop, fp32": (tutorial(), plain)}
+    if not options.skip_padded:
+        rows |= {
+            "(b) padded path, fp32": (padded("fp32"), plain),
+            "(c) padded path, bf16": (padded("bf16"), plain),
+        }
     rows |= {
-        "(b) padded path, fp32": (padded("fp32"), plain),
-        "(c) padded path, bf16": (padded("bf16"), plain),
-        "(d) packed path, fp32": (packed("fp32"), plain),
-        "(e) packed path, bf16": (packed("bf16"), plain),
-        f"(f) packed, bf16, --bucket-pool {options.bucket_pool}": (packed("bf16"), pooled),
+        "(d) packed path, fp32": (packed_step("fp32"), plain),
+        "(e) packed path, bf16": (packed_step("bf16"), plain),
+        f"(f) packed, bf16, --bucket-pool {options.bucket_pool}": (packed_step("bf16"), pooled),
+        "(g) (d)'s matrix products alone, fp32: its floor": (floors["fp32"][0], plain),
+        "(h) (e)'s matrix products alone, bf16: its floor": (floors["bf16"][0], plain),
     }
+    floor_of = {"(d)": "(g)", "(e)": "(h)", "(g)": "(g)", "(h)": "(h)"}
 
     def measure(work, batches: list[Batch]) -> tuple[float, float]:
         """Seconds per iteration and target tokens per second over the timed iterations."""
@@ -241,15 +384,23 @@ def main() -> None:
         f"hidden {args.hidden_size}, {args.encoder_layers}+{args.decoder_layers} layers, {len(vocab):,} words; "
         f"{tokens:,.0f} target tokens a batch ({tokens / grid:.0%} of the padded grid); device {device}, "
         f"{torch.get_num_threads()} threads; --precision auto picks {auto} ({why.removeprefix('auto: ')}); "
-        f"median of {options.rounds} rounds of {options.iterations} iterations"
+        f"median of {options.rounds} rounds of {options.iterations} iterations; the matrix products of an "
+        f"iteration: {floors['bf16'][1]:.0f} GFLOP"
     )
     base = statistics.median(t for _, t in timings[next(iter(timings))])
-    print(f"| path | s/iteration | target tokens/s | vs {next(iter(timings))[:3]} | rounds (s/iteration) |")
-    print("| --- | --- | --- | --- | --- |")
+    seconds = {label: statistics.median(s for s, _ in values) for label, values in timings.items()}
+    floor = {label[:3]: s for label, s in seconds.items()}
+    print(
+        f"| path | s/iteration | target tokens/s | vs {next(iter(timings))[:3]} | vs its floor | rounds (s/iteration) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for label, values in timings.items():
-        seconds, rate = statistics.median(s for s, _ in values), statistics.median(t for _, t in values)
+        rate = statistics.median(t for _, t in values)
         rounds = " ".join(f"{s:.3f}" for s, _ in values)
-        print(f"| {label} | {seconds:.3f} | {rate:,.0f} | {rate / base:.2f}x | {rounds} |")
+        above = f"{seconds[label] / floor[floor_of[label[:3]]]:.2f}x" if label[:3] in floor_of else ""
+        print(f"| {label} | {seconds[label]:.3f} | {rate:,.0f} | {rate / base:.2f}x | {above} | {rounds} |")
+    if options.breakdown:
+        breakdown(packed_step(auto), plain, options.warmup)
     if options.parity_iterations:
         precision_parity(args, vocab, examples, val, options.parity_iterations, device, auto)
 

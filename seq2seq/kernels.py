@@ -102,7 +102,9 @@ def unpack(data: Tensor, lay: Layout, steps: int) -> Tensor:
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout with a mask drawn 16 bits an element from 64-bit draws: on a CPU,
     F.dropout's Bernoulli sampling takes four times as long. The drop rate is p rounded to a
-    multiple of 2^-16, and kept values are scaled by the inverse of that rate's keep rate."""
+    multiple of 2^-16, and kept values are scaled by the inverse of that rate's keep rate.
+    The mask multiplies rather than selects: torch.where on a CPU takes about four times as
+    long as a product with the boolean mask, forward and again in its backward."""
     dropped = round(p * 65536)
     if not training or dropped == 0:
         return x
@@ -110,7 +112,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x * 0.0
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
     keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
-    return torch.where(keep, x * (65536 / (65536 - dropped)), 0.0)
+    return x.mul(keep).mul_(65536 / (65536 - dropped))
 
 
 def _previous_rows(batch_sizes: list[int], reverse: bool) -> Tensor:

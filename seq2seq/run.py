@@ -26,7 +26,7 @@ from .checkpoint import (
 )
 from .cli import fail
 from .cornell import CorpusError, PairSettings, read_pairs
-from .devices import DeviceError, resolve_device, resolve_precision
+from .devices import DeviceError, huge_pages_for_tensors, resolve_device, resolve_precision
 from .download import DataError, build_data, built_settings, read_stats
 from .files import FolderError, claimed_folder
 from .model import Seq2Seq
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     """train.py: a run from its flags, a failure in one line (exit 1, or DataError's code; 130 when
     interrupted) and, on rank 0, the run's summary."""
     started = time.perf_counter()
+    huge_pages_for_tensors()  # before anything large is allocated: --resume loads a checkpoint
     try:
         flags, checkpoint = read_flags(argv)
         trainer, reason = train(flags, checkpoint)

@@ -1,5 +1,7 @@
 """--device and --precision: what auto chooses, what is refused, and what a run records."""
 
+import os
+
 import pytest
 import torch
 
@@ -47,3 +49,12 @@ def test_train_says_what_auto_chose_first_and_records_the_choice(pair_dir, tmp_p
 def test_chat_follows_the_hardware_and_evaluation_stays_in_fp32_by_default():
     assert make_chat_parser().parse_args([]).precision == "auto"
     assert make_evaluation_parser().parse_args([]).precision == "fp32"
+
+
+def test_huge_pages_are_asked_for_unless_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    devices.huge_pages_for_tensors()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    devices.huge_pages_for_tensors()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

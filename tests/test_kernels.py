@@ -164,3 +164,13 @@ def test_dropout_keeps_the_expected_share_and_the_mean():
     assert dropped[kept].unique().tolist() == pytest.approx([65536 / (65536 - round(0.3 * 65536))])
     assert dropped.mean().item() == pytest.approx(1.0, abs=0.01)
     assert kernels.dropout(x, 0.3, training=False) is x and kernels.dropout(x, 0.0, training=True) is x
+
+
+def test_dropout_scales_kept_values_as_selecting_them_would_and_masks_the_gradient():
+    torch.manual_seed(1)
+    x = torch.randn(1000, 8, dtype=torch.bfloat16, requires_grad=True)
+    y = kernels.dropout(x, 0.3, training=True)
+    kept, scale = y != 0, 65536 / (65536 - round(0.3 * 65536))
+    assert torch.equal(y, torch.where(kept, x.detach() * scale, 0.0))  # bf16 rounding as x * scale
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, torch.where(kept, torch.full_like(x, scale), 0.0))
