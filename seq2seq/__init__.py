@@ -9,6 +9,7 @@ nothing half-written stays.
 import os
 import signal
 import sys
+import threading
 
 _interrupted = False
 
@@ -36,12 +37,23 @@ def exit_interrupted() -> None:
     """Say the interruption in its line and leave at once, as SIGINT would (status 130), even
     while other threads work (a model loading in serve.py's decoding thread)."""
     print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()  # os._exit skips the flush that replies already printed rely on
+    except (OSError, ValueError):
+        pass
     os._exit(130)
+
+
+def _threads_hold_exit() -> bool:
+    """A normal exit joins every non-daemon thread (a ThreadPoolExecutor's too), so an
+    interruption that escapes the main thread's handlers would wait for their work to end."""
+    main = threading.main_thread()
+    return any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate())
 
 
 def _interrupted_in_one_line(kind, value, traceback) -> None:
     if issubclass(kind, KeyboardInterrupt) or _interrupted:
-        if not issubclass(kind, KeyboardInterrupt):
+        if not issubclass(kind, KeyboardInterrupt) or _threads_hold_exit():
             exit_interrupted()
         print(f"\n{INTERRUPTED}", file=sys.stderr)
         return  # Python then exits as SIGINT would (status 130 in a shell)

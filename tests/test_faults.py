@@ -115,6 +115,29 @@ def test_ctrl_c_while_another_thread_works_is_one_line_at_once(tmp_path):
     assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
 
 
+def test_ctrl_c_that_escapes_every_handler_does_not_wait_for_working_threads(tmp_path):
+    script = tmp_path / "escapes.py"  # the signal lands before the main thread's try, say
+    script.write_text(
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import time, seq2seq\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "work = ThreadPoolExecutor(1).submit(time.sleep, 60)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )  # fmt: skip
+    process = subprocess.Popen([sys.executable, str(script), str(ROOT)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    assert process.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and time.monotonic() - started < 10  # not after the sleep
+    assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
+
+
 def test_an_error_is_told_in_its_first_line_or_by_its_type():
     from seq2seq.cli import first_line
 
