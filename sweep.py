@@ -1,23 +1,25 @@
 """Run sweep_config.yaml's search without a W&B server: Optuna, with a study kept in a database.
 
     python sweep.py --config sweep_config.yaml --trials 20
+    python sweep.py --config sweep_seed_config.yaml --trials 20 --seeds 2  # then the seed spread
     python sweep.py --trials 20 --storage postgresql://user:pw@host/db --study-name big  # many machines
     python sweep.py --trials 5 --iterations 300 --hidden-size 256                         # fixed flags
 
 Optuna's TPE sampler replaces W&B's Bayesian search; a Hyperband pruner fed with each trial's
 validation losses replaces W&B's hyperband early termination. The study lives in SQLite
 (checkpoints/sweeps/sweeps.db, beside the plots) by default, so a killed sweep resumes where it
-stopped; any SQLAlchemy URL lets several machines share one study. Any other flag is a train.py
-flag, passed to every trial.
+stopped; any SQLAlchemy URL lets several machines share one study. Every trial trains into a
+folder of its own, <--save-dir>/<study>/trial-<number>, and keeps its best_model.pth there.
+Any other flag is a train.py flag, passed to every trial. The findings (seq2seq/sweeps.py) go
+to --images: both plots and a CSV of every trial, named after the config file.
 """
 
 import seq2seq  # noqa: F401, I001  (first: from here on Ctrl-C is one line, see its __init__)
-import math
 import os
 import random
+import re
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -27,15 +29,15 @@ import yaml
 
 from seq2seq import config as run_config
 from seq2seq import run
-from seq2seq.checkpoint import CheckpointError
+from seq2seq.checkpoint import LAST, CheckpointError
 from seq2seq.cli import ArgumentParser, fail, first_line, non_negative_int, positive_int
 from seq2seq.cornell import CorpusError
 from seq2seq.devices import DeviceError, huge_pages_for_tensors
 from seq2seq.download import DataError
-from seq2seq.files import FolderError, pyplot, save_figure
+from seq2seq.files import FolderError
+from seq2seq.sweeps import FINISHED, rechecked, report
 from seq2seq.training import TrainingError
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OUTPUT = "checkpoints/sweeps"  # the default study database and plots, with the runs' other outputs
 
 
@@ -109,40 +111,41 @@ class Pruner:
             raise optuna.TrialPruned(f"validation loss {loss:.4f} at iteration {iteration}")
 
 
-def objective(config: dict, passed: list[str], use_wandb: bool, save_root: Path):
+def objective(config: dict, passed: list[str], use_wandb: bool, trials_root: Path):
+    """Train one trial into trials_root/trial-<number>, a folder of its own (two sweeps on one
+    machine, or one study's workers, never share one), and keep its best_model.pth there: its
+    last.pth only ever served to resume it, and Optuna never resumes a finished trial."""
+
     def run_trial(trial: optuna.Trial) -> float:
         values = {name: suggest(trial, name, spec) for name, spec in config["parameters"].items()}
-        with tempfile.TemporaryDirectory(dir=save_root, prefix=f"trial-{trial.number}-") as save_dir:
-            argv = [
-                *fixed_flags(config),
-                *passed,
-                *(f"--{k}={v}" for k, v in values.items()),
-                f"--save-dir={save_dir}",
-            ]
-            argv += ["--use-wandb"] if use_wandb else []
-            print(f"trial {trial.number}: train.py {shlex.join(argv)}", file=sys.stderr)
-            flags, _ = run.read_flags(argv)
+        save_dir = trials_root / f"trial-{trial.number}"
+        seed = trial.user_attrs.get("seed")  # a rerun of another trial's values (--seeds)
+        argv = [
+            *fixed_flags(config),
+            *passed,
+            *(f"--{k}={v}" for k, v in values.items()),
+            *([f"--seed={seed}"] if seed is not None else []),
+            f"--save-dir={save_dir}",
+        ]
+        argv += ["--use-wandb"] if use_wandb else []
+        print(f"trial {trial.number}: train.py {shlex.join(argv)}", file=sys.stderr)
+        flags, _ = run.read_flags(argv)
+        try:
             trainer, reason = run.train(flags, observers=(Pruner(trial),))
+        except optuna.TrialPruned:
+            (save_dir / LAST).unlink(missing_ok=True)
+            raise
         if reason == "interrupted":  # Ctrl-C: the trial is not finished, and neither is the sweep
             raise KeyboardInterrupt
+        (save_dir / LAST).unlink(missing_ok=True)
         return trainer.state.best_val_loss
 
     return run_trial
 
 
-def write_plots(study: optuna.Study, folder: Path) -> None:
-    pyplot()  # the Agg backend, before optuna draws
-    from optuna.visualization import matplotlib as optuna_plots
-
-    for name, draw in [("sweep_parallel_coordinates.png", optuna_plots.plot_parallel_coordinate),
-                       ("sweep_importance.png", optuna_plots.plot_param_importances)]:  # fmt: skip
-        axes = draw(study)
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        figure.set_size_inches(9, 5)
-        save_figure(figure, folder / name)
-
-
-def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna.Study:
+def open_study(
+    url: str, name: str, direction: str, pruner: optuna.pruners.BasePruner | None = None, attempts: int = 5
+) -> optuna.Study:
     """The study `name` in the database at `url`, created if need be. Workers started together on
     a fresh database race to create its tables, and all but one fail: a failed start is retried.
     A missing database driver, or a database still unreachable, is one line."""
@@ -162,7 +165,7 @@ def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna
                 storage=storage,
                 direction=direction,
                 sampler=optuna.samplers.TPESampler(),  # unseeded: resumed or parallel sweeps must not repeat trials
-                pruner=optuna.pruners.HyperbandPruner(),
+                pruner=pruner or optuna.pruners.HyperbandPruner(),
                 load_if_exists=True,
             )
         except ImportError as error:
@@ -184,9 +187,32 @@ def open_study(url: str, name: str, direction: str, attempts: int = 5) -> optuna
             time.sleep(0.5 * failures + random.random())
 
 
+def folder_name(study_name: str) -> str:
+    """A study's name as one folder name: whatever --study-name holds, no path."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", study_name)
+
+
+def optimize(study: optuna.Study, trials: int, run_trial, timeout: int | None) -> None:
+    """Run `trials` more trials of `study`; an error that every trial would meet is one line."""
+    if trials <= 0:
+        return
+    try:
+        study.optimize(
+            run_trial, n_trials=trials, timeout=timeout, catch=(TrainingError,)
+        )  # a diverging trial fails alone
+    except DataError as error:
+        fail(str(error), error.code)
+    except (CheckpointError, CorpusError, DeviceError, FolderError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)
+
+
 def main() -> None:
-    parser = ArgumentParser(
-        description=__doc__.splitlines()[0], epilog="Other flags go to train.py for every trial."
+    parser = ArgumentParser(  # no abbreviations: --seed is train.py's, not short for --seeds
+        description=__doc__.splitlines()[0],
+        epilog="Other flags go to train.py for every trial.",
+        allow_abbrev=False,
     )
     parser.add_argument("--config", default="sweep_config.yaml", help="a W&B sweep configuration")
     parser.add_argument(
@@ -200,11 +226,16 @@ def main() -> None:
     )
     parser.add_argument("--study-name", help="default: chatbot-seq2seq-<config file name>")
     parser.add_argument("--use-wandb", action="store_true", help="log every trial to W&B (grouped by study)")
-    parser.add_argument("--images", default=OUTPUT, help="folder for the two sweep plots")
+    parser.add_argument(
+        "--seeds", type=non_negative_int, default=0,
+        help="then rerun the best three trials and two middling ones with this many other seeds each, "
+        "and weigh each importance against the seed-to-seed spread",
+    )  # fmt: skip
+    parser.add_argument("--images", default=OUTPUT, help="folder for the plots and the CSVs of every trial")
     args, passed = parser.parse_known_args()
     huge_pages_for_tensors()  # trials run in this process, as train.py runs
     config = read_config(args.config)
-    run_config.parse([*fixed_flags(config), *passed])  # a bad train.py flag fails now, not in trial 0
+    given = run_config.parse([*fixed_flags(config), *passed])  # a bad train.py flag fails now, not in trial 0
     study_name = args.study_name or f"chatbot-seq2seq-{Path(args.config).stem}"
     direction = "minimize" if config["metric"]["goal"] == "minimize" else "maximize"
 
@@ -217,40 +248,33 @@ def main() -> None:
             fail(f"cannot make the folder of {args.storage}: {error.strerror or error}")
     study = open_study(args.storage, study_name, direction)
     done = sum(t.state in FINISHED for t in study.trials)
-    remaining = args.trials - done
-    print(
-        f"study {study_name} in {args.storage}: {done} trials finished, {max(0, remaining)} to run",
-        file=sys.stderr,
-    )
+    print(f"study {study_name} in {args.storage}: {done} trials finished, {max(0, args.trials - done)} to run",
+          file=sys.stderr)  # fmt: skip
     if args.use_wandb:
         os.environ.setdefault("WANDB_RUN_GROUP", study_name)
-    if remaining > 0:
-        try:
-            study.optimize(
-                objective(config, passed, args.use_wandb, Path(tempfile.gettempdir())),
-                n_trials=remaining,
-                timeout=args.timeout,
-                catch=(TrainingError,),  # a diverging trial fails alone
-            )
-        except DataError as error:
-            fail(str(error), error.code)
-        except (CheckpointError, CorpusError, DeviceError, FolderError) as error:
-            fail(str(error))
-        except KeyboardInterrupt:
-            fail("interrupted: finished trials are kept in the study; run the same command to go on", 130)
-
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        fail("no trial finished, so there is no best configuration")
-    best = study.best_trial
-    print(f"best trial {best.number}: {config['metric']['name']} {best.value:.4f} "
-          f"(perplexity {math.exp(min(best.value, 50)):.2f})")  # fmt: skip
-    print("  " + " ".join(f"--{k}={v}" for k, v in best.params.items()))
-    if len(complete) >= 2:
-        importances = optuna.importance.get_param_importances(study)
-        print("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
-        write_plots(study, Path(args.images))
-        print(f"plots: {args.images}/sweep_parallel_coordinates.png, {args.images}/sweep_importance.png")
+    trials_root = Path(given.get("save_dir") or run_config.INVOCATION["save_dir"])
+    optimize(study, args.trials - done, objective(config, passed, args.use_wandb, trials_root / folder_name(study_name)),
+             args.timeout)  # fmt: skip
+    seeds = None
+    if args.seeds:
+        seeds = open_study(args.storage, f"{study_name}-seeds", direction, optuna.pruners.NopPruner())
+        base = run_config.layer(given)["seed"]
+        for trial in rechecked(study):
+            have = {
+                t.user_attrs.get("seed") for t in seeds.trials if t.user_attrs.get("of_trial") == trial.number
+            }
+            for seed in range(base + 1, base + 1 + args.seeds):
+                if seed not in have:
+                    seeds.enqueue_trial(trial.params, user_attrs={"of_trial": trial.number, "seed": seed})
+        waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in seeds.trials)
+        print(f"{waiting} reruns under other seeds to run", file=sys.stderr)
+        root = trials_root / folder_name(f"{study_name}-seeds")
+        optimize(seeds, waiting, objective(config, passed, args.use_wandb, root), args.timeout)
+    try:
+        Path(args.images).mkdir(parents=True, exist_ok=True)
+        report(study, config, seeds, Path(args.images), Path(args.config).stem)
+    except OSError as error:
+        fail(f"cannot write the sweep's plots and tables in {args.images}/: {error.strerror or error}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ def train_run(name: str, flags: str, args, threads: int) -> dict:
                 "--num-threads", str(threads), *shlex.split(flags), "--save-dir", str(folder)]  # fmt: skip
         if (folder / "last.pth").exists():
             argv.append("--resume")
+        else:  # the folder is this run's own: a best_model.pth from a start killed early is replaced
+            argv.append("--overwrite")
         print(f"{name}: {shlex.join(argv[1:])}", file=sys.stderr)
         timer = folder / "seconds.json"  # training time over every call that trained this run
         spent = json.loads(timer.read_text()) if timer.exists() else 0.0

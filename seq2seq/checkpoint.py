@@ -41,6 +41,7 @@ from .model import ModelConfig, Seq2Seq
 from .vocab import EOS, SPECIAL_TOKENS, Context, Vocabulary
 
 FORMAT = "chatbot-seq2seq/2"
+LAST, BEST = "last.pth", "best_model.pth"  # what a run writes in its --save-dir
 FORMAT_1 = "chatbot-seq2seq/1"
 REQUIRED = ("config", "model", "vocab")
 # What a format-1 model config lacks when it was written before these options existed: it was
@@ -52,6 +53,11 @@ FORMAT_1_MODEL = {
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+def run_checkpoints(folder: str | Path) -> list[str]:
+    """The names of the run checkpoints `folder` holds."""
+    return [name for name in (LAST, BEST) if (Path(folder) / name).exists()]
 
 
 @dataclass

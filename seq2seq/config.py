@@ -76,14 +76,14 @@ RECIPE_OF_UNNAMED = "tutorial"
 INVOCATION = dict(recipe=DEFAULT_RECIPE, epochs=None, data_dir=DATA_DIR, source=None, url=CORPUS_URL,
                   save_dir="checkpoints", resume=None, device="auto", precision="auto", compile=False,
                   num_threads=None, use_wandb=False, wandb_project="chatbot-seq2seq", wandb_entity=None,
-                  wandb_mode=None, plot=None)  # fmt: skip
+                  wandb_mode=None, plot=None, overwrite=False)  # fmt: skip
 # What --plot without a path draws, in --save-dir with the run's checkpoints.
 PLOT_NAME = "training_loss.png"
 # Flags never taken from a checkpoint being resumed: this machine's and this invocation's, and
 # every path and data flag, so that a checkpoint (a file from anywhere) cannot steer what is
 # read, written, downloaded or rebuilt. A resumed run's pairs must match data/ instead
 # (run.read_flags).
-NOT_RESUMED = ("resume", "epochs", "device", "num_threads", "compile", "save_dir", "plot", "source", "url",
+NOT_RESUMED = ("resume", "overwrite", "epochs", "device", "num_threads", "compile", "save_dir", "plot", "source", "url",
                "use_wandb", "wandb_project", "wandb_entity", "wandb_mode", "data_dir", *PAIR_FLAGS)  # fmt: skip
 # Flags that cannot change on resume, and what they are.
 FIXED_ON_RESUME = {**{f.name: "the architecture" for f in fields(ModelConfig) if f.name != "vocab_size"},
@@ -250,6 +250,8 @@ def make_parser(defaults: dict | None = None) -> ArgumentParser:
     p.add_argument("--attn-model", choices=ATTENTION_SCORES, help="Luong attention score")
     add_data_arguments(p, keep_built=True)
     p.add_argument("--save-dir", help="folder for last.pth and best_model.pth")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run replace the checkpoints another run left in --save-dir")  # fmt: skip
     p.add_argument("--save-every", type=positive_int, help="write last.pth every N iterations")
     p.add_argument("--eval-every", type=positive_int, help="validate every N iterations")
     p.add_argument("--patience", type=non_negative_int,

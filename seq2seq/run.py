@@ -16,12 +16,14 @@ import torch
 from . import config, distributed, kernels
 from .batching import Example, encode_pairs, iterate_batches
 from .checkpoint import (
+    LAST,
     CheckpointError,
     build_model,
     check_unchanged,
     load_checkpoint,
     restore_training,
     resumed_flags,
+    run_checkpoints,
     saved_flags,
 )
 from .cli import fail
@@ -30,7 +32,7 @@ from .devices import DeviceError, huge_pages_for_tensors, resolve_device, resolv
 from .download import DataError, build_data, built_settings, read_stats
 from .files import FolderError, claimed_folder
 from .model import Seq2Seq
-from .tracking import WandbLogger
+from .tracking import WandbLogger, sweep_run_folder
 from .training import (
     Trainer,
     TrainingError,
@@ -80,10 +82,12 @@ def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:
     """Every flag's value (config.layer) and the checkpoint being resumed, if any."""
     given = config.parse(argv)
     asked_help = given.pop("help", False)
+    save_dir = given.get("save_dir", config.INVOCATION["save_dir"])
+    if given.get("use_wandb") and (folder := sweep_run_folder(save_dir)):
+        given["save_dir"] = save_dir = folder
     checkpoint = saved = None
     if given.get("resume") is not None:
-        save_dir = given.get("save_dir", config.INVOCATION["save_dir"])
-        path = Path(given["resume"] or Path(save_dir) / "last.pth")
+        path = Path(given["resume"] or Path(save_dir) / LAST)
         checkpoint = load_checkpoint(path)
         saved = resumed_flags(checkpoint, path, given.get("recipe"))
         given["resume"] = str(path)
@@ -94,6 +98,16 @@ def read_flags(argv: list[str] | None = None) -> tuple[dict, dict | None]:
         check_unchanged(saved, flags)
         check_pairs(saved, flags)
     return flags, checkpoint
+
+
+def another_run_in(folder: str) -> str | None:
+    """Why a fresh run may not train into `folder`: it would replace another run's checkpoints
+    without a word, even a better bot with a worse one. None if nothing would be lost."""
+    found = run_checkpoints(folder)
+    if not found:
+        return None
+    return (f"{folder}/ holds another run's checkpoints ({', '.join(found)}): continue that run with --resume, "
+            "train into another --save-dir, or replace them with --overwrite")  # fmt: skip
 
 
 def check_pairs(saved: dict, flags: dict) -> None:
@@ -203,6 +217,8 @@ def train(flags: dict, checkpoint: dict | None = None, observers: tuple = ()) ->
         if world.is_main:  # the folder is writable and this run's alone, before any work is done
             try:
                 finally_.enter_context(claimed_folder(flags["save_dir"]))
+                if not checkpoint and not flags["overwrite"]:
+                    problem = another_run_in(flags["save_dir"])
             except FolderError as error:
                 problem = str(error)
         problem = distributed.from_main(problem)  # every rank stops, not only the one that knows

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 import sys
+from pathlib import Path
 
 from .cli import first_line
 from .config import RunConfig
@@ -34,6 +36,17 @@ def _has_api_key() -> bool:
         return netrc.netrc().authenticators(WANDB_HOST) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def sweep_run_folder(save_dir: str) -> str | None:
+    """Under `wandb agent`, the folder of this run alone: <save-dir>/<run id>. The agent gives
+    every run the same command, so a shared --save-dir would be locked by the first of several
+    agents on one machine, and each run would replace the previous run's checkpoints. The agent
+    names the run in WANDB_RUN_ID (and a resumed run keeps its id); None outside a sweep."""
+    run_id = os.environ.get("WANDB_RUN_ID", "")
+    if not os.environ.get("WANDB_SWEEP_ID") or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        return None
+    return str(Path(save_dir) / run_id)
 
 
 def resolve_mode(mode: str | None) -> str:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .batching import Batch, BatchSchedule, Example, collate
-from .checkpoint import TrainState, save_checkpoint, training_payload
+from .checkpoint import BEST, LAST, TrainState, save_checkpoint, training_payload
 from .cli import first_line
 from .config import OPTIMIZERS, LoopSettings
 from .devices import autocast
@@ -255,7 +255,7 @@ class Trainer:
         s.clock.append([s.iteration, round(self.elapsed(), 3)])
         if loss < s.best_val_loss:
             s.best_val_loss, s.best_iteration, s.evals_without_improvement = loss, s.iteration, 0
-            self.save("best_model.pth")
+            self.save(BEST)
         else:
             s.evals_without_improvement += 1
         self._notify("after_validation", s.iteration, loss)
@@ -310,7 +310,7 @@ class Trainer:
                         reason = "early stop"
                         break
                 if s.iteration % loop.save_every == 0:
-                    self.save("last.pth")
+                    self.save(LAST)
                 if distributed.any_rank(self._stop_requested, self.step.device):  # all ranks stop together
                     reason = "interrupted"
                     break
@@ -320,7 +320,7 @@ class Trainer:
                 signal.signal(sig, handler)
         if not s.history["val"]:
             self.validate()  # a run always ends with a validated best_model.pth
-        self.save("last.pth")
+        self.save(LAST)
         return reason
 
     def _step(self, window: _Window) -> torch.Tensor:

@@ -36,6 +36,22 @@ def test_a_second_run_on_a_folder_in_use_is_refused_before_any_work(pair_dir, tm
     tiny_run(pair_dir, folder, "--resume", "--iterations", "3")  # and a run releases its own
 
 
+def test_a_fresh_run_refuses_a_folder_holding_another_runs_checkpoints(pair_dir, tmp_path, capsys):
+    tiny_run(pair_dir, tmp_path, "--iterations", "2")
+    kept = {name: (tmp_path / name).read_bytes() for name in ("last.pth", "best_model.pth")}
+    line = failed_run(capsys, pair_dir, tmp_path, "--iterations", "2", "--seed", "1")
+    assert line == (
+        f"error: {tmp_path}/ holds another run's checkpoints (last.pth, best_model.pth): continue that run "
+        "with --resume, train into another --save-dir, or replace them with --overwrite"
+    )
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept  # nothing replaced
+    tiny_run(pair_dir, tmp_path, "--resume", "--iterations", "3")  # continuing it is not refused
+    (tmp_path / "last.pth").unlink()
+    assert "(best_model.pth)" in failed_run(capsys, pair_dir, tmp_path, "--iterations", "2")
+    tiny_run(pair_dir, tmp_path, "--iterations", "2", "--seed", "1", "--overwrite")
+    assert load_checkpoint(tmp_path / "last.pth")["iteration"] == 2
+
+
 def test_an_unwritable_save_dir_is_one_line_before_the_data_is_read(pair_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     line = failed_run(capsys, pair_dir, tmp_path / "file" / "run", "--iterations", "2")

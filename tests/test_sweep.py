@@ -1,5 +1,6 @@
 """W&B logging (offline, disabled, absent) and sweeps, with and without a W&B server."""
 
+import csv
 import os
 import sqlite3
 import subprocess
@@ -57,6 +58,37 @@ def test_without_use_wandb_nothing_imports_it(pair_dir, tmp_path):
     assert result.stdout.strip().endswith("no wandb")
 
 
+def test_a_wandb_agents_run_trains_in_a_folder_named_after_it(monkeypatch):
+    from seq2seq.tracking import sweep_run_folder
+
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    monkeypatch.setenv("WANDB_RUN_ID", "a1b2c3")
+    assert sweep_run_folder("checkpoints/sweep") is None  # a run of its own, outside any sweep
+    monkeypatch.setenv("WANDB_SWEEP_ID", "s9")
+    assert sweep_run_folder("checkpoints/sweep") == str(Path("checkpoints/sweep/a1b2c3"))
+    for hostile in ("../../etc", "a/b", "", "x" * 65):
+        monkeypatch.setenv("WANDB_RUN_ID", hostile)
+        assert sweep_run_folder("checkpoints/sweep") is None
+
+
+def test_two_agents_on_one_machine_train_side_by_side_into_their_own_folders(pair_dir, tmp_path):
+    def agent_run(run_id: str) -> subprocess.Popen:  # what `wandb agent` starts: the command, its env
+        agent_env = {**env(tmp_path), "WANDB_SWEEP_ID": "s9", "WANDB_RUN_ID": run_id}
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), "--use-wandb", "--wandb-mode", "disabled",
+             "--save-dir=checkpoints/sweep", "--data-dir", str(pair_dir), *TINY, "--iterations", "4"],
+            cwd=tmp_path, env=agent_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    runs = [agent_run("first"), agent_run("second")]
+    for process in runs:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+    for run_id in ("first", "second"):
+        assert (tmp_path / "checkpoints" / "sweep" / run_id / "best_model.pth").exists()
+    assert not (tmp_path / "checkpoints" / "sweep" / "last.pth").exists()
+
+
 def test_every_sweep_parameter_is_a_train_flag_in_the_agents_spelling():
     config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
     assert config["program"] == "train.py" and config["metric"] == {"name": "val_loss", "goal": "minimize"}
@@ -99,6 +131,38 @@ def test_sweep_runs_trials_writes_plots_and_resumes(pair_dir, tmp_path):
     for name in ("sweep_parallel_coordinates.png", "sweep_importance.png"):  # beside the study, by default
         assert (tmp_path / "checkpoints" / "sweeps" / name).read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "images").exists()
+    rows = list(csv.DictReader((tmp_path / "checkpoints" / "sweeps" / "sweep_trials.csv").open()))
+    assert [r["trial"] for r in rows] == ["0", "1", "2"] and all(float(r["val_loss"]) > 0 for r in rows)
+    assert {r["batch_size"] for r in rows} <= {"4", "8"} and "learning_rate" in rows[0]
+    trials = tmp_path / "checkpoints" / "sweep" / "chatbot-seq2seq-sweep"  # in the command's --save-dir
+    for n in range(3):  # each trial kept its best model in a folder of its own
+        trial = trials / f"trial-{n}"
+        assert (trial / "best_model.pth").exists() and not (trial / "last.pth").exists()
+
+
+def test_seeds_rerun_the_best_and_middling_trials_and_weigh_importances_against_them(pair_dir, tmp_path):
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    config["parameters"]["batch_size"] = {"values": [4, 8]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    flags = ["--config", str(tmp_path / "sweep.yaml"), "--data-dir", str(pair_dir), *TINY, "--iterations", "4",
+             "--trials", "6", "--seeds", "1", "--seed", "3"]  # fmt: skip
+    first = run("sweep.py", flags, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    folder = tmp_path / "checkpoints" / "sweeps"
+    trials = list(csv.DictReader((folder / "sweep_trials.csv").open()))
+    complete = sorted((r for r in trials if r["state"] == "complete"), key=lambda r: float(r["val_loss"]))
+    reruns = list(csv.DictReader((folder / "sweep_seeds.csv").open()))
+    rest = complete[3:]
+    expected = complete[:3] + rest[max(0, len(rest) // 2 - 1) : len(rest) // 2 + 1]
+    assert sorted(r["of_trial"] for r in reruns) == sorted(r["trial"] for r in expected)
+    assert {r["seed"] for r in reruns} == {"4"}  # the sweep's own seed (--seed 3) and one more
+    for rerun in reruns:  # the same values, another seed
+        original = next(r for r in trials if r["trial"] == rerun["of_trial"])
+        assert rerun["learning_rate"] == original["learning_rate"] and rerun["state"] == "complete"
+    assert "pooled seed-to-seed sd of val_loss" in first.stdout
+    assert "above the seed spread" in first.stdout or "NOT established" in first.stdout
+    again = run("sweep.py", flags, tmp_path)  # resumed: nothing left to train
+    assert again.returncode == 0 and "0 reruns under other seeds to run" in again.stderr, again.stderr[-2000:]
 
 
 def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):

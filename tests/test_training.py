@@ -251,7 +251,7 @@ def test_data_flags_rebuild_data_when_they_differ(pair_dir, tmp_path):
     before = json.loads((pair_dir / "stats.json").read_text())["settings"]
     tiny_run(pair_dir, tmp_path, "--iterations", "1")  # unset flags keep the build as it is
     assert json.loads((pair_dir / "stats.json").read_text())["settings"] == before
-    tiny_run(pair_dir, tmp_path, "--iterations", "1", "--max-length", "5")  # rebuilt from the same corpus
+    tiny_run(pair_dir, tmp_path, "--iterations", "1", "--max-length", "5", "--overwrite")  # data/ rebuilt
     after = json.loads((pair_dir / "stats.json").read_text())
     assert after["settings"] == {**before, "max_length": 5}
     for split in ("val", "test"):  # (train.txt may also hold pairs up to --train-max-length)
