@@ -89,8 +89,9 @@ def test_two_agents_on_one_machine_train_side_by_side_into_their_own_folders(pai
     assert not (tmp_path / "checkpoints" / "sweep" / "last.pth").exists()
 
 
-def test_every_sweep_parameter_is_a_train_flag_in_the_agents_spelling():
-    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+@pytest.mark.parametrize("name", ["sweep_config.yaml", "sweep_seed_config.yaml"])
+def test_every_sweep_parameter_is_a_train_flag_in_the_agents_spelling(name):
+    config = yaml.safe_load((ROOT / name).read_text())
     assert config["program"] == "train.py" and config["metric"] == {"name": "val_loss", "goal": "minimize"}
     for name, spec in config["parameters"].items():
         value = spec["values"][-1] if "values" in spec else spec["max"]
