@@ -231,10 +231,18 @@ def main() -> None:
         help="then rerun the best three trials and two middling ones with this many other seeds each, "
         "and weigh each importance against the seed-to-seed spread",
     )  # fmt: skip
+    parser.add_argument(
+        "--among", metavar="NAME=VALUE",
+        help="weigh importances among the complete trials whose NAME is VALUE (optimizer=adam: how the "
+        "other parameters matter once Adam is chosen)",
+    )  # fmt: skip
     parser.add_argument("--images", default=OUTPUT, help="folder for the plots and the CSVs of every trial")
     args, passed = parser.parse_known_args()
     huge_pages_for_tensors()  # trials run in this process, as train.py runs
     config = read_config(args.config)
+    where = tuple(args.among.split("=", 1)) if args.among and "=" in args.among else None
+    if args.among and (where is None or where[0] not in config["parameters"]):
+        fail(f"--among {args.among}: give NAME=VALUE with NAME one of {', '.join(config['parameters'])}")
     given = run_config.parse([*fixed_flags(config), *passed])  # a bad train.py flag fails now, not in trial 0
     study_name = args.study_name or f"chatbot-seq2seq-{Path(args.config).stem}"
     direction = "minimize" if config["metric"]["goal"] == "minimize" else "maximize"
@@ -272,7 +280,7 @@ def main() -> None:
         optimize(seeds, waiting, objective(config, passed, args.use_wandb, root), args.timeout)
     try:
         Path(args.images).mkdir(parents=True, exist_ok=True)
-        report(study, config, seeds, Path(args.images), Path(args.config).stem)
+        report(study, config, seeds, Path(args.images), Path(args.config).stem, where)
     except OSError as error:
         fail(f"cannot write the sweep's plots and tables in {args.images}/: {error.strerror or error}")
 

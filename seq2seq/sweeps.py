@@ -21,13 +21,16 @@ from .files import pyplot, save_figure, write_text_atomic
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def write_plots(study: optuna.Study, folder: Path, prefix: str) -> None:
+def write_plots(
+    study: optuna.Study, weighed: optuna.Study, params: list[str], folder: Path, prefix: str
+) -> None:
+    """Every trial's values in parallel coordinates, and the importances among the trials weighed."""
     pyplot()  # the Agg backend, before optuna draws
     from optuna.visualization import matplotlib as optuna_plots
 
-    for name, draw in [("parallel_coordinates", optuna_plots.plot_parallel_coordinate),
-                       ("importance", lambda s: optuna_plots.plot_param_importances(s, evaluator=importance()))]:  # fmt: skip
-        axes = draw(study)
+    for name, draw in [("parallel_coordinates", lambda: optuna_plots.plot_parallel_coordinate(study)),
+                       ("importance", lambda: optuna_plots.plot_param_importances(weighed, evaluator=importance(), params=params))]:  # fmt: skip
+        axes = draw()
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         figure.set_size_inches(9, 5)
         save_figure(figure, folder / f"{prefix}_{name}.png")
@@ -39,8 +42,9 @@ def importance() -> optuna.importance.FanovaImportanceEvaluator:
 
 
 def best_loss(trial: optuna.trial.FrozenTrial) -> float | None:
-    """A finished trial's best validation loss; a pruned one's best before it was stopped."""
-    if trial.value is not None:
+    """A finished trial's best validation loss; a pruned one's best before it was stopped
+    (Optuna gives a pruned trial its last reported loss as its value)."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
         return trial.value
     return min(trial.intermediate_values.values(), default=None)
 
@@ -114,10 +118,32 @@ def seed_spread(study: optuna.Study, seeds: optuna.Study) -> tuple[list[str], fl
     return lines, pooled
 
 
-def report(study: optuna.Study, config: dict, seeds: optuna.Study | None, images: Path, prefix: str) -> None:
+def among(study: optuna.Study, name: str, value: str) -> optuna.Study:
+    """The complete trials whose `name` is `value`, as a study of their own (in memory): once one
+    value of a parameter is plainly best (Adam over SGD), the variance between the values swamps
+    every other parameter's, and only the trials of that value say how the others matter."""
+    kept = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and str(t.params.get(name)) == value
+    ]
+    subset = optuna.create_study(direction=study.direction)
+    subset.add_trials(kept)
+    return subset
+
+
+def report(
+    study: optuna.Study,
+    config: dict,
+    seeds: optuna.Study | None,
+    images: Path,
+    prefix: str,
+    where: tuple[str, str] | None = None,
+) -> None:
     """The sweep's findings: best trial, fANOVA importances (each also as a standard deviation of
     the validation loss: importance is a share of its variance over the complete trials, and the
-    seed-to-seed spread is in loss too), each categorical value's trials, plots and CSVs."""
+    seed-to-seed spread is in loss too), each categorical value's trials, plots and CSVs. With
+    `where` (name, value), importances are weighed among the trials with that value only."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         fail("no trial finished, so there is no best configuration")
@@ -134,9 +160,12 @@ def report(study: optuna.Study, config: dict, seeds: optuna.Study | None, images
         if pooled is not None:
             print(f"  pooled seed-to-seed sd of {config['metric']['name']}: {pooled:.4f}")
         write_csv(images / f"{prefix}_seeds.csv", trial_rows(seeds, names))
+    weighed = among(study, *where) if where else study
+    complete = weighed.trials if where else complete
     if len(complete) >= 2:
         variance = statistics.pvariance([t.value for t in complete])
-        importances = optuna.importance.get_param_importances(study, evaluator=importance())
+        others = [n for n in names if not where or n != where[0]]
+        importances = optuna.importance.get_param_importances(weighed, evaluator=importance(), params=others)
         parts = []
         for name, share in importances.items():
             sd = math.sqrt(share * variance)
@@ -144,8 +173,9 @@ def report(study: optuna.Study, config: dict, seeds: optuna.Study | None, images
                 "" if pooled is None else (" above the seed spread" if sd > pooled else " NOT established")
             )
             parts.append(f"{name} {share:.2f} (sd {sd:.4f}{verdict})")
-        print("parameter importances: " + ", ".join(parts))
-        write_plots(study, images, prefix)
+        print(f"parameter importances{f' among {where[0]}={where[1]} ({len(complete)} trials)' if where else ''}: "
+              + ", ".join(parts))  # fmt: skip
+        write_plots(study, weighed, others, images, prefix)
         print(f"plots: {images}/{prefix}_parallel_coordinates.png, {images}/{prefix}_importance.png")
     print("by value:", *by_category(study, config), sep="\n")
     print(f"every trial: {images}/{prefix}_trials.csv" + (f", {images}/{prefix}_seeds.csv" if seeds else ""))

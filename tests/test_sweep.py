@@ -166,6 +166,43 @@ def test_seeds_rerun_the_best_and_middling_trials_and_weigh_importances_against_
     assert again.returncode == 0 and "0 reruns under other seeds to run" in again.stderr, again.stderr[-2000:]
 
 
+def test_importances_among_one_value_leave_the_other_values_trials_out(tmp_path, capsys):
+    import optuna
+
+    from seq2seq.sweeps import among, report
+
+    space = {"optimizer": optuna.distributions.CategoricalDistribution(["adam", "sgd"]),
+             "clip": optuna.distributions.FloatDistribution(10, 100),
+             "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}  # fmt: skip
+    study = optuna.create_study()
+    for n in range(12):  # sgd is far worse; among adam, only the learning rate matters
+        optimizer, clip, lr = ("adam", "sgd")[n % 2], 10 + 7.5 * n, 1e-4 * (1 + n % 5)
+        value = (6.0 if optimizer == "sgd" else 3.0) + 1000 * lr
+        study.add_trial(optuna.trial.create_trial(params={"optimizer": optimizer, "clip": clip, "learning_rate": lr},
+                                                  distributions=space, value=value))  # fmt: skip
+    assert [t.params["optimizer"] for t in among(study, "optimizer", "adam").trials] == ["adam"] * 6
+    config = {"metric": {"name": "val_loss"}, "parameters": {"optimizer": {"values": ["adam", "sgd"]},
+              "clip": {"min": 10, "max": 100}, "learning_rate": {"min": 1e-4, "max": 1e-3}}}  # fmt: skip
+    report(study, config, None, tmp_path, "s", where=("optimizer", "adam"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("parameter importances"))
+    assert line.startswith("parameter importances among optimizer=adam (6 trials): learning_rate ")
+    assert "optimizer" not in line.split(":", 1)[1]
+    rows = (tmp_path / "s_trials.csv").read_text().splitlines()
+    assert (tmp_path / "s_importance.png").exists() and len(rows) == 13  # every trial, adam's or not
+
+
+def test_sweep_refuses_an_among_that_names_no_parameter(tmp_path):
+    result = run(
+        "sweep.py",
+        ["--config", str(ROOT / "sweep_config.yaml"), "--trials", "1", "--among", "colour=red"],
+        tmp_path,
+    )
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: --among colour=red: give NAME=VALUE with NAME one of batch_size, learning_rate, clip, "
+        "teacher_forcing_ratio, decoder_learning_ratio, optimizer, dropout, output_dropout, tie_embeddings"
+    ]
+
+
 def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):
     config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
     config["parameters"]["clip"] = {"distribution": "normal", "mu": 1, "sigma": 1}
