@@ -35,7 +35,7 @@ from seq2seq.cornell import CorpusError
 from seq2seq.devices import DeviceError, huge_pages_for_tensors
 from seq2seq.download import DataError
 from seq2seq.files import FolderError
-from seq2seq.sweeps import FINISHED, rechecked, report
+from seq2seq.sweeps import FINISHED, pruner, rechecked, report
 from seq2seq.training import TrainingError
 
 OUTPUT = "checkpoints/sweeps"  # the default study database and plots, with the runs' other outputs
@@ -61,6 +61,12 @@ def read_config(path: str) -> dict:
                 {"value", "values"} & set(spec) or {"min", "max"} <= set(spec)
             ):
                 raise ValueError(f"parameter {name} needs value, values, or min and max")
+        stop = config.get("early_terminate")
+        if stop is not None and not (
+            isinstance(stop, dict) and stop.get("type") == "hyperband"
+            and all(isinstance(stop.get(k, 3), int) and stop.get(k, 3) >= 1 for k in ("min_iter", "eta"))
+        ):  # fmt: skip
+            raise ValueError("early_terminate must be of type hyperband, with whole numbers min_iter and eta")
         command = config.get("command", [])
         if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
             raise ValueError("command must be a list of strings")
@@ -144,7 +150,7 @@ def objective(config: dict, passed: list[str], use_wandb: bool, trials_root: Pat
 
 
 def open_study(
-    url: str, name: str, direction: str, pruner: optuna.pruners.BasePruner | None = None, attempts: int = 5
+    url: str, name: str, direction: str, pruner: optuna.pruners.BasePruner, attempts: int = 5
 ) -> optuna.Study:
     """The study `name` in the database at `url`, created if need be. Workers started together on
     a fresh database race to create its tables, and all but one fail: a failed start is retried.
@@ -165,7 +171,7 @@ def open_study(
                 storage=storage,
                 direction=direction,
                 sampler=optuna.samplers.TPESampler(),  # unseeded: resumed or parallel sweeps must not repeat trials
-                pruner=pruner or optuna.pruners.HyperbandPruner(),
+                pruner=pruner,
                 load_if_exists=True,
             )
         except ImportError as error:
@@ -254,7 +260,7 @@ def main() -> None:
             Path(args.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             fail(f"cannot make the folder of {args.storage}: {error.strerror or error}")
-    study = open_study(args.storage, study_name, direction)
+    study = open_study(args.storage, study_name, direction, pruner(config, run_config.layer(given)))
     done = sum(t.state in FINISHED for t in study.trials)
     print(f"study {study_name} in {args.storage}: {done} trials finished, {max(0, args.trials - done)} to run",
           file=sys.stderr)  # fmt: skip

@@ -1,7 +1,8 @@
-"""A sweep's findings, read from its Optuna study: the best trial, fANOVA importances weighed
-against the seed-to-seed spread, how each categorical value did, plots and a CSV of every trial.
+"""A sweep's rule for stopping trials, and its findings read from its Optuna study: the best
+trial, fANOVA importances weighed against the seed-to-seed spread, how each categorical value
+did, plots and a CSV of every trial.
 
-sweep.py runs the trials; everything here only reads finished ones, so a study can be reported
+sweep.py runs the trials; the findings only read finished ones, so a study can be reported
 again (or from another machine's database) without training anything.
 """
 
@@ -19,6 +20,22 @@ from .cli import fail
 from .files import pyplot, save_figure, write_text_atomic
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def pruner(config: dict, flags: dict) -> optuna.pruners.BasePruner:
+    """W&B's hyperband early termination as Optuna's: W&B counts validations and stops no trial
+    before its min_iter-th, Optuna counts the step a trial reports (its iteration), so the first
+    rung is at min_iter × --eval-every; brackets shrink by eta (W&B's default 3). A rung at the
+    first validation stopped trials as good as the best at 100 iterations. No early_terminate:
+    nothing is stopped."""
+    stop = config.get("early_terminate")
+    if stop is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.HyperbandPruner(
+        min_resource=stop.get("min_iter", 3) * flags["eval_every"],
+        max_resource="auto" if flags.get("epochs") else flags["iterations"],
+        reduction_factor=stop.get("eta", 3),
+    )
 
 
 def write_plots(

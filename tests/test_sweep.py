@@ -203,6 +203,38 @@ def test_sweep_refuses_an_among_that_names_no_parameter(tmp_path):
     ]
 
 
+def test_the_pruner_stops_no_trial_before_its_min_iter_th_validation():
+    import optuna
+
+    from seq2seq.sweeps import pruner
+
+    def first_stop(min_iter: int) -> int:
+        """The earliest step at which one of six hopeless trials, after ten good ones, is stopped
+        (Hyperband puts each trial in one of its brackets, whose first rungs differ)."""
+        config = {"early_terminate": {"type": "hyperband", "min_iter": min_iter}}
+        study = optuna.create_study(pruner=pruner(config, {"eval_every": 100, "iterations": 1000}))
+        for n in range(10):
+            trial = study.ask()
+            for step in range(100, 1001, 100):
+                trial.report(4.0 - step / 1000 + n / 100, step)
+                trial.should_prune()
+            study.tell(trial, 3.0 + n / 100)
+        stops = []
+        for _ in range(6):
+            hopeless = study.ask()
+            for step in range(100, 1001, 100):
+                hopeless.report(9.0, step)
+                if hopeless.should_prune():
+                    stops.append(step)
+                    break
+            study.tell(hopeless, state=optuna.trial.TrialState.PRUNED)
+        return min(stops)
+
+    assert first_stop(1) == 100  # W&B's min_iter counts validations: 1 may stop a trial at its first
+    assert first_stop(3) == 300
+    assert isinstance(pruner({}, {"eval_every": 100, "iterations": 1000}), optuna.pruners.NopPruner)
+
+
 def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):
     config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
     config["parameters"]["clip"] = {"distribution": "normal", "mu": 1, "sigma": 1}
