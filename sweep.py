@@ -142,6 +142,7 @@ def objective(config: dict, passed: list[str], use_wandb: bool, trials_root: Pat
             (save_dir / LAST).unlink(missing_ok=True)
             raise
         if reason == "interrupted":  # Ctrl-C: the trial is not finished, and neither is the sweep
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "trial failed" is a traceback
             raise KeyboardInterrupt
         (save_dir / LAST).unlink(missing_ok=True)
         return trainer.state.best_val_loss

@@ -2,9 +2,11 @@
 
 import csv
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,6 +235,26 @@ def test_the_pruner_stops_no_trial_before_its_min_iter_th_validation():
     assert first_stop(1) == 100  # W&B's min_iter counts validations: 1 may stop a trial at its first
     assert first_stop(3) == 300
     assert isinstance(pruner({}, {"eval_every": 100, "iterations": 1000}), optuna.pruners.NopPruner)
+
+
+def test_ctrl_c_in_a_trial_ends_the_sweep_in_one_line_and_keeps_its_finished_trials(pair_dir, tmp_path):
+    config = yaml.safe_load((ROOT / "sweep_config.yaml").read_text())
+    config["parameters"]["batch_size"] = {"values": [4]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    argv = [sys.executable, str(ROOT / "sweep.py"), "--config", str(tmp_path / "sweep.yaml"), "--data-dir",
+            str(pair_dir), *TINY, "--iterations", "1000000", "--eval-every", "1000000", "--trials", "2"]  # fmt: skip
+    sweep = subprocess.Popen(argv, cwd=tmp_path, env=env(tmp_path), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in sweep.stderr:  # the trial's progress bar has started: training is under way
+        if line.startswith("training: "):
+            break
+    time.sleep(1)
+    sweep.send_signal(signal.SIGINT)
+    _, rest = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and "Traceback" not in rest, rest[-2000:]
+    assert rest.strip().splitlines()[-1] == (
+        "error: interrupted: finished trials are kept in the study; run the same command to go on"
+    )
 
 
 def test_sweep_refuses_an_unsupported_config_in_one_line(tmp_path):
