@@ -22,6 +22,11 @@ from .files import pyplot, save_figure, write_text_atomic
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
+def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials, as stored (read, never changed, here)."""
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
 def pruner(config: dict, flags: dict) -> optuna.pruners.BasePruner:
     """W&B's hyperband early termination as Optuna's: W&B counts validations and stops no trial
     before its min_iter-th, Optuna counts the step a trial reports (its iteration), so the first
@@ -109,10 +114,10 @@ def by_category(study: optuna.Study, config: dict) -> list[str]:
 
 def rechecked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The trials worth a second look: the best three, and the two in the middle of the rest."""
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    complete.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-    rest = complete[3:]
-    return complete[:3] + rest[max(0, len(rest) // 2 - 1) : len(rest) // 2 + 1]
+    ranked = sorted(complete(study), key=lambda t: t.value,
+                    reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)  # fmt: skip
+    rest = ranked[3:]
+    return ranked[:3] + rest[max(0, len(rest) // 2 - 1) : len(rest) // 2 + 1]
 
 
 def seed_spread(study: optuna.Study, seeds: optuna.Study) -> tuple[list[str], float | None]:
@@ -139,11 +144,7 @@ def among(study: optuna.Study, name: str, value: str) -> optuna.Study:
     """The complete trials whose `name` is `value`, as a study of their own (in memory): once one
     value of a parameter is plainly best (Adam over SGD), the variance between the values swamps
     every other parameter's, and only the trials of that value say how the others matter."""
-    kept = [
-        t
-        for t in study.trials
-        if t.state == optuna.trial.TrialState.COMPLETE and str(t.params.get(name)) == value
-    ]
+    kept = [t for t in complete(study) if str(t.params.get(name)) == value]
     subset = optuna.create_study(direction=study.direction)
     subset.add_trials(kept)
     return subset
@@ -161,8 +162,7 @@ def report(
     the validation loss: importance is a share of its variance over the complete trials, and the
     seed-to-seed spread is in loss too), each categorical value's trials, plots and CSVs. With
     `where` (name, value), importances are weighed among the trials with that value only."""
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not complete(study):
         fail("no trial finished, so there is no best configuration")
     best = study.best_trial
     print(f"best trial {best.number}: {config['metric']['name']} {best.value:.4f} "
@@ -178,9 +178,9 @@ def report(
             print(f"  pooled seed-to-seed sd of {config['metric']['name']}: {pooled:.4f}")
         write_csv(images / f"{prefix}_seeds.csv", trial_rows(seeds, names))
     weighed = among(study, *where) if where else study
-    complete = weighed.trials if where else complete
-    if len(complete) >= 2:
-        variance = statistics.pvariance([t.value for t in complete])
+    trials = complete(weighed)
+    if len(trials) >= 2:
+        variance = statistics.pvariance([t.value for t in trials])
         others = [n for n in names if not where or n != where[0]]
         importances = optuna.importance.get_param_importances(weighed, evaluator=importance(), params=others)
         parts = []
@@ -190,7 +190,7 @@ def report(
                 "" if pooled is None else (" above the seed spread" if sd > pooled else " NOT established")
             )
             parts.append(f"{name} {share:.2f} (sd {sd:.4f}{verdict})")
-        print(f"parameter importances{f' among {where[0]}={where[1]} ({len(complete)} trials)' if where else ''}: "
+        print(f"parameter importances{f' among {where[0]}={where[1]} ({len(trials)} trials)' if where else ''}: "
               + ", ".join(parts))  # fmt: skip
         write_plots(study, weighed, others, images, prefix)
         print(f"plots: {images}/{prefix}_parallel_coordinates.png, {images}/{prefix}_importance.png")
