@@ -111,46 +111,41 @@ def test_ctrl_c_while_a_script_starts_is_one_line(script, tmp_path):
     assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
 
 
-def test_ctrl_c_while_another_thread_works_is_one_line_at_once(tmp_path):
-    script = tmp_path / "busy.py"  # serve.py's case: the model loads in the thread that decodes
+def ctrl_c_while_a_pool_works(tmp_path, then: str) -> tuple[int, float, str]:
+    """Exit status, seconds from SIGINT to exit, and stderr of a script that imports seq2seq,
+    sets a ThreadPoolExecutor to sleep for a minute, says ready and runs `then`."""
+    script = tmp_path / "busy.py"
     script.write_text(
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import time, seq2seq\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
         "work = ThreadPoolExecutor(1).submit(time.sleep, 60)\n"
-        "print('ready', flush=True)\n"
-        "try:\n    work.result()\nexcept KeyboardInterrupt:\n    seq2seq.exit_interrupted()\n"
+        "print('ready', flush=True)\n" + then
     )  # fmt: skip
     process = subprocess.Popen([sys.executable, str(script), str(ROOT)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
-    assert process.stdout.readline() == "ready\n"
-    started = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130 and time.monotonic() - started < 10  # not after the sleep
+    try:
+        assert process.stdout.readline() == "ready\n"
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        return process.returncode, time.monotonic() - started, stderr
+    finally:
+        process.kill()
+
+
+def test_ctrl_c_while_another_thread_works_is_one_line_at_once(tmp_path):
+    # serve.py's case: the model loads in the thread that decodes
+    code, seconds, stderr = ctrl_c_while_a_pool_works(
+        tmp_path, "try:\n    work.result()\nexcept KeyboardInterrupt:\n    seq2seq.exit_interrupted()\n"
+    )
+    assert code == 130 and seconds < 10  # not after the sleep
     assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
 
 
 def test_ctrl_c_that_escapes_every_handler_does_not_wait_for_working_threads(tmp_path):
-    script = tmp_path / "escapes.py"  # the signal lands before the main thread's try, say
-    script.write_text(
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "import time, seq2seq\n"
-        "from concurrent.futures import ThreadPoolExecutor\n"
-        "work = ThreadPoolExecutor(1).submit(time.sleep, 60)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )  # fmt: skip
-    process = subprocess.Popen([sys.executable, str(script), str(ROOT)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
-    assert process.stdout.readline() == "ready\n"
-    started = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    try:
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 130 and time.monotonic() - started < 10  # not after the sleep
+    code, seconds, stderr = ctrl_c_while_a_pool_works(tmp_path, "time.sleep(60)\n")  # lands before any try
+    assert code == 130 and seconds < 10  # not after the sleep
     assert stderr.strip().splitlines() == ["error: interrupted; files already written are intact"]
 
 
